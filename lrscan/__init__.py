@@ -1,0 +1,19 @@
+"""lrscan: where do large learning rates lead? Sweeps of scale-invariant networks on a sphere."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("lrscan")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0+unknown"
+
+
+def open(store):  # noqa: A001 - mirrors xarray's open_* naming
+    """Open a store lazily as an ``xarray.DataTree`` of dask-backed variables.
+
+    The same as ``xr.open_datatree(store, engine="zarr", chunks={}, consolidated=False)``,
+    after checking that ``store`` is an lrscan store.
+    """
+    from lrscan.store import open_store
+
+    return open_store(store)

@@ -1,0 +1,142 @@
+"""The ``lrscan`` command line: parse, call the library, print."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from lrscan.errors import LrscanError
+
+DEFAULT_STORE_DIR = Path("store")
+
+
+class UserError(click.ClickException):
+    """A one-line error on stderr with exit status 2."""
+
+    exit_code = 2
+
+
+def user_errors(func):
+    """Turn library errors a user can fix into one line and exit status 2, never a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except LrscanError as err:
+            raise UserError(str(err)) from None
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="lrscan")
+def main() -> None:
+    """Learning-rate sweeps of scale-invariant networks on a sphere: train, analyse, explore."""
+
+
+def default_store(preset: str | None, config: str | None) -> Path:
+    from lrscan.spec import DEFAULT_PRESET
+
+    name = Path(config).stem if config else (preset or DEFAULT_PRESET)
+    return DEFAULT_STORE_DIR / f"{name}.zarr"
+
+
+@main.command()
+@click.option("--preset", metavar="NAME", help="A shipped preset (default: synthetic); see `lrscan presets`.")
+@click.option("--config", metavar="FILE", help="A TOML sweep spec with a [sweep] table.")
+@click.option("--store", metavar="PATH", help="Store directory (default: store/<preset or config name>.zarr).")
+@click.option("--set", "overrides", metavar="FIELD=VALUE", multiple=True,
+              help="Override a spec field, e.g. --set seeds=3 --set data.n_train=256. Repeatable.")
+@click.option("--sequential", is_flag=True, help="Step runs one at a time instead of batched.")
+@user_errors
+def train(preset, config, store, overrides, sequential) -> None:
+    """Pre-train, fine-tune and average every run of a sweep into a store.
+
+    Runs already done in the store are skipped: rerunning a finished sweep does nothing,
+    and rerunning an interrupted one finishes it.
+    """
+    from lrscan.spec import load_spec
+    from lrscan.train.sweep import Sweep
+
+    spec = load_spec(preset, config, overrides)
+    path = Path(store) if store else default_store(preset, config)
+    # torch.compile on a CPU-only machine warns that it found no CUDA runtime: noise here.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    sweep = Sweep(spec, path, batched=False if sequential else None)
+    if not any(sweep.todo.values()):
+        click.echo(f"{path}: every run is already done, nothing to train", err=True)
+        return
+    todo = ", ".join(f"{len(runs)} {stage}" for stage, runs in sweep.todo.items() if runs)
+    click.echo(f"training {todo} runs ({sweep.model_steps:,} model-steps) of {spec.model} on {spec.dataset} "
+               f"into {path}", err=True)
+    start = time.perf_counter()
+    with ProgressDisplay() as display:
+        try:
+            counts = sweep.run(progress=display.update)
+        except KeyboardInterrupt:
+            raise UserError("interrupted; finished runs are kept in the store, run the same command to resume") from None
+    trained = ", ".join(f"{n} {stage}" for stage, n in counts.items() if n)
+    click.echo(f"trained {trained} runs in {time.perf_counter() - start:.1f} s into {path}", err=True)
+
+
+@main.command()
+@click.argument("store", required=False)
+@user_errors
+def info(store) -> None:
+    """Summarise what a store holds and how much of its sweep is done."""
+    from lrscan.summary import summarise
+
+    click.echo(summarise(Path(store) if store else default_store(None, None)))
+
+
+@main.command()
+def presets() -> None:
+    """List the shipped presets."""
+    from lrscan.spec import preset_names, preset_text
+
+    for name in preset_names():
+        first = preset_text(name).splitlines()[0].lstrip("# ")
+        click.echo(f"{name:20s} {first}")
+
+
+class ProgressDisplay:
+    """A live bar on a terminal, a plain line every ``every`` seconds otherwise."""
+
+    def __init__(self, every: float = 10.0, stream=None):
+        self.stream = stream or sys.stderr
+        self.every = every
+        self.bar = None
+        self.last = 0.0
+        self.start = time.perf_counter()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.close()
+
+    def update(self, progress) -> None:
+        if self.stream.isatty():
+            from tqdm import tqdm
+
+            if self.bar is None:
+                self.bar = tqdm(total=progress.total, unit=" model-steps", unit_scale=True, file=self.stream,
+                                dynamic_ncols=True)
+            self.bar.set_description(progress.phase)
+            self.bar.update(progress.done - self.bar.n)
+            return
+        now = time.perf_counter()
+        if now - self.last >= self.every or progress.done >= progress.total:
+            self.last = now
+            elapsed = now - self.start
+            share = progress.done / progress.total if progress.total else 1.0
+            eta = f", about {elapsed / share - elapsed:.0f} s left" if 0 < share < 1 else ""
+            print(f"{progress.phase}: {100 * share:5.1f}% of {progress.total:,} model-steps, "
+                  f"{elapsed:.0f} s{eta}", file=self.stream, flush=True)

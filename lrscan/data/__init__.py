@@ -1,0 +1,62 @@
+"""Dataset registry: each entry loads train/test tensors for one data seed.
+
+Third-party packages add datasets under the entry-point group ``lrscan.datasets``; the entry
+point names a :class:`DatasetEntry`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from torch import Tensor
+
+from lrscan.registry import Registry
+
+
+@dataclass(frozen=True)
+class Data:
+    """One dataset instance: float inputs, integer class labels, and named extra test sets."""
+
+    x_train: Tensor
+    y_train: Tensor
+    x_test: Tensor
+    y_test: Tensor
+    n_classes: int
+    extra: Mapping[str, tuple[Tensor, Tensor]] = field(default_factory=dict)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    """How lrscan loads one dataset.
+
+    Attributes
+    ----------
+    load
+        ``load(options, data_seed) -> Data``; deterministic in its arguments.
+    defaults
+        Every option with its default (the ``[data]`` table of a spec). An option ``seeds``
+        (count or list) makes the sweep cross its training seeds with these data seeds.
+    validate
+        ``validate(options) -> options``: checks option values, raising ``LrscanError``.
+    """
+
+    load: Callable[[Mapping[str, Any], int], Data]
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    validate: Callable[[dict[str, Any]], dict[str, Any]] = lambda options: options
+
+
+DATASETS: Registry[DatasetEntry] = Registry("dataset", "lrscan.datasets")
+
+
+def _register_builtins() -> None:
+    from lrscan.data import ticks_dataset
+
+    DATASETS.register("ticks", ticks_dataset.ENTRY)
+
+
+_register_builtins()

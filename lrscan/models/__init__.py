@@ -1,0 +1,59 @@
+"""Model registry: each entry builds an ``nn.Module`` and says which weights form its SI group.
+
+Third-party packages add models under the entry-point group ``lrscan.models``; the entry
+point names a :class:`ModelEntry`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from torch import Tensor, nn
+
+from lrscan.registry import Registry
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """How lrscan builds and trains one kind of model.
+
+    Attributes
+    ----------
+    build
+        ``build(options, input_shape, n_classes) -> nn.Module``. Frozen parameters (a fixed
+        head) have ``requires_grad=False``; the builder draws from torch's global RNG, which
+        the trainer seeds per run.
+    is_si
+        ``is_si(parameter_name) -> bool``: whether a parameter belongs to the scale-invariant
+        group whose joint norm the trainer fixes to the radius.
+    radius
+        ``radius(options) -> float``: the default radius of the SI group.
+    defaults
+        Every option with its default value (the ``[model]`` table of a spec).
+    validate
+        ``validate(options) -> options``: checks option values, raising ``LrscanError``.
+    forward_batched
+        ``forward_batched(module, params, x) -> logits`` for M runs at once, with every
+        parameter stacked along a leading run axis and ``x`` of shape (M, B, ...); ``None``
+        when the model cannot be batched (the trainer then steps runs one at a time).
+    """
+
+    build: Callable[[Mapping[str, Any], tuple[int, ...], int], nn.Module]
+    is_si: Callable[[str], bool]
+    radius: Callable[[Mapping[str, Any]], float]
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    validate: Callable[[dict[str, Any]], dict[str, Any]] = lambda options: options
+    forward_batched: Callable[[nn.Module, Mapping[str, Tensor], Tensor], Tensor] | None = None
+
+
+MODELS: Registry[ModelEntry] = Registry("model", "lrscan.models")
+
+
+def _register_builtins() -> None:
+    from lrscan.models import mlp
+
+    MODELS.register("mlp", mlp.ENTRY)
+
+
+_register_builtins()

@@ -1,0 +1,358 @@
+"""The sweep spec: presets, TOML files and ``--set`` overrides, resolved and validated.
+
+A spec is one flat table of hyperparameters (``[sweep]``) plus the options of the chosen
+model (``[model]``) and dataset (``[data]``).  :func:`load_spec` merges a preset or a file
+with overrides, fills every default (the model's radius, the dataset's options) and checks
+everything, so a resolved :class:`Spec` is complete: it is what the store records and what a
+rerun is compared against.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from lrscan.errors import LrscanError
+from lrscan.registry import closest
+
+DEFAULT_PRESET = "synthetic"
+TABLES = ("sweep", "model", "data")
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A resolved sweep: every field explicit, every value checked.
+
+    Epoch-valued fields are in epochs of the training set; they may be fractional where
+    logging or checkpointing is finer than an epoch, and are checked against the step grid
+    when a run is planned (:mod:`lrscan.train.plan`).
+    """
+
+    model: str = "mlp"
+    dataset: str = "ticks"
+    plr: tuple[float, ...] = (1e-3,)
+    flr: tuple[float, ...] = (1e-4,)
+    seeds: tuple[int, ...] = (0,)
+    batch_size: int = 16
+    pretrain_epochs: float = 10.0
+    finetune_epochs: float = 0.0
+    finetune_from: float | None = None
+    log_every: float = 1.0
+    checkpoint_epochs: tuple[float, ...] = ()
+    swa: tuple[int, ...] = ()
+    radius: float | None = None
+    device: str = "auto"
+    compile: bool = False
+    model_options: Mapping[str, Any] = field(default_factory=dict)
+    data_options: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The spec as plain JSON-able tables, the form the store records."""
+        sweep = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        return {
+            "sweep": {k: v for k, v in sweep.items() if k not in ("model_options", "data_options")},
+            "model": _plain(dict(self.model_options)),
+            "data": _plain(dict(self.data_options)),
+        }
+
+    @classmethod
+    def from_dict(cls, tables: Mapping[str, Any]) -> "Spec":
+        """Rebuild a resolved spec from :meth:`to_dict` output (no defaults filled)."""
+        sweep = dict(tables["sweep"])
+        for name in ("plr", "flr", "seeds", "checkpoint_epochs", "swa"):
+            sweep[name] = tuple(sweep[name])
+        return cls(**sweep, model_options=dict(tables["model"]), data_options=dict(tables["data"]))
+
+    def differences(self, other: "Spec", ignore: Iterable[str] = ("device", "compile")) -> list[str]:
+        """Names of the fields (``table.field``) in which two specs differ."""
+        a, b = self.to_dict(), other.to_dict()
+        out = []
+        for table in TABLES:
+            for key in sorted(set(a[table]) | set(b[table])):
+                if key not in ignore and a[table].get(key) != b[table].get(key):
+                    out.append(key if table == "sweep" else f"{table}.{key}")
+        return out
+
+    @property
+    def data_seeds(self) -> tuple[int, ...]:
+        """Data seeds of the dataset (one ``0`` for datasets without a seed option)."""
+        return tuple(self.data_options.get("seeds", (0,)))
+
+    @property
+    def resolved_finetune_from(self) -> float:
+        return self.pretrain_epochs if self.finetune_from is None else self.finetune_from
+
+
+def _plain(value):
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+SWEEP_FIELDS = [f.name for f in dataclasses.fields(Spec) if f.name not in ("model_options", "data_options")]
+
+
+def preset_names() -> list[str]:
+    """Names of the presets shipped in the package."""
+    files = resources.files("lrscan.presets").iterdir()
+    return sorted(p.name[: -len(".toml")] for p in files if p.name.endswith(".toml"))
+
+
+def preset_text(name: str) -> str:
+    """The TOML source of a shipped preset."""
+    if name not in preset_names():
+        raise LrscanError(f"unknown preset {name!r}{closest(name, preset_names())}; known: {', '.join(preset_names())}")
+    return resources.files("lrscan.presets").joinpath(f"{name}.toml").read_text()
+
+
+def load_spec(
+    preset: str | None = None,
+    config: str | Path | None = None,
+    overrides: Iterable[str] = (),
+) -> Spec:
+    """Build a resolved spec from a preset or a TOML file, then ``FIELD=VALUE`` overrides.
+
+    Parameters
+    ----------
+    preset
+        Name of a shipped preset; the default preset when neither it nor ``config`` is given.
+    config
+        Path of a TOML file with a ``[sweep]`` table and optional ``[model]`` / ``[data]`` tables.
+    overrides
+        Strings ``FIELD=VALUE`` (``model.FIELD`` / ``data.FIELD`` for the option tables); the
+        value is read as a TOML value, or as a bare string when it is not one.
+
+    Returns
+    -------
+    Spec
+        Every field explicit, validated.
+
+    Raises
+    ------
+    LrscanError
+        On any invalid input, with a one-line message.
+    """
+    if preset is not None and config is not None:
+        raise LrscanError("give either a preset or a config file, not both")
+    if config is not None:
+        path = Path(config)
+        try:
+            text = path.read_text()
+        except OSError as err:
+            raise LrscanError(f"cannot read config {str(path)!r}: {err.strerror}") from None
+        source = str(path)
+    else:
+        text, source = preset_text(preset or DEFAULT_PRESET), f"preset {preset or DEFAULT_PRESET!r}"
+    try:
+        tables = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise LrscanError(f"{source} is not valid TOML: {err}") from None
+    for key in tables:
+        if key not in TABLES:
+            raise LrscanError(f"unknown table [{key}] in {source}{closest(key, TABLES)}; tables: {', '.join(TABLES)}")
+        if not isinstance(tables[key], dict):
+            raise LrscanError(f"{key!r} in {source} must be a table [{key}]")
+    for item in overrides:
+        table, key, value = parse_override(item)
+        tables.setdefault(table, {})[key] = value
+    return resolve(tables)
+
+
+def parse_override(item: str) -> tuple[str, str, Any]:
+    """Split ``FIELD=VALUE`` into (table, field, value)."""
+    name, sep, raw = item.partition("=")
+    name = name.strip()
+    if not sep or not name:
+        raise LrscanError(f"--set expects FIELD=VALUE, got {item!r}")
+    table, dot, key = name.partition(".")
+    if not dot:
+        table, key = "sweep", name
+    elif table not in TABLES:
+        raise LrscanError(f"unknown table {table!r} in --set {item!r}{closest(table, TABLES)}")
+    raw = raw.strip()
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return table, key, value
+
+
+def resolve(tables: Mapping[str, Any]) -> Spec:
+    """Check raw TOML tables and fill every default, giving a complete :class:`Spec`."""
+    from lrscan.data import DATASETS
+    from lrscan.models import MODELS
+
+    sweep = dict(tables.get("sweep", {}))
+    for key in sweep:
+        if key not in SWEEP_FIELDS:
+            raise LrscanError(f"unknown sweep field {key!r}{closest(key, SWEEP_FIELDS)}")
+    defaults = Spec()
+    get = lambda name: sweep.get(name, getattr(defaults, name))  # noqa: E731
+
+    model = string("model", get("model"))
+    dataset = string("dataset", get("dataset"))
+    model_entry, data_entry = MODELS[model], DATASETS[dataset]
+    model_options = model_entry.validate(
+        check_options(f"[model] options of {model!r}", tables.get("model", {}), model_entry.defaults)
+    )
+    data_options = data_entry.validate(
+        check_options(f"[data] options of {dataset!r}", tables.get("data", {}), data_entry.defaults)
+    )
+
+    pretrain_epochs = number("pretrain_epochs", get("pretrain_epochs"), positive=True)
+    finetune_epochs = number("finetune_epochs", get("finetune_epochs"), positive=False)
+    finetune_from = get("finetune_from")
+    if finetune_from is not None:
+        finetune_from = number("finetune_from", finetune_from, positive=False)
+        if finetune_from > pretrain_epochs:
+            raise LrscanError(
+                f"finetune_from = {finetune_from:g} is beyond pretrain_epochs = {pretrain_epochs:g}"
+            )
+    else:
+        finetune_from = pretrain_epochs
+    end = pretrain_epochs + finetune_epochs
+    swa = tuple(integer(f"swa[{i}]", k, minimum=1) for i, k in enumerate(_list("swa", get("swa"))))
+    if len(set(swa)) != len(swa):
+        raise LrscanError(f"swa has repeated values: {list(swa)}")
+    radius = get("radius")
+    radius = model_entry.radius(model_options) if radius is None else number("radius", radius, positive=True)
+    return Spec(
+        model=model,
+        dataset=dataset,
+        plr=_grid("plr", get("plr")),
+        flr=_grid("flr", get("flr")),
+        seeds=seeds_list("seeds", get("seeds")),
+        batch_size=integer("batch_size", get("batch_size"), minimum=1),
+        pretrain_epochs=pretrain_epochs,
+        finetune_epochs=finetune_epochs,
+        finetune_from=finetune_from,
+        log_every=number("log_every", get("log_every"), positive=True),
+        checkpoint_epochs=_checkpoints(get("checkpoint_epochs"), end),
+        swa=tuple(sorted(swa)),
+        radius=float(radius),
+        device=_device(get("device")),
+        compile=_boolean("compile", get("compile")),
+        model_options=model_options,
+        data_options=data_options,
+    )
+
+
+def check_options(where: str, given: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge an option table over its defaults, rejecting unknown keys.
+
+    Values are checked by the model or dataset entry that owns them (its ``validate``).
+    """
+    if not isinstance(given, Mapping):
+        raise LrscanError(f"{where} must be a table")
+    for key in given:
+        if key not in defaults:
+            known = ", ".join(sorted(defaults)) or "none"
+            raise LrscanError(f"unknown key {key!r} in {where}{closest(key, defaults)}; valid keys: {known}")
+    return {**defaults, **given}
+
+
+def string(name: str, value) -> str:
+    if not isinstance(value, str) or not value:
+        raise LrscanError(f"{name} must be a non-empty string, got {value!r}")
+    return value
+
+
+def number(name: str, value, *, positive: bool) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise LrscanError(f"{name} must be a number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise LrscanError(f"{name} must be finite, got {value!r}")
+    if value < 0 or (positive and value == 0):
+        raise LrscanError(f"{name} must be {'positive' if positive else 'non-negative'}, got {value:g}")
+    return value
+
+
+def integer(name: str, value, *, minimum: int) -> int:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise LrscanError(f"{name} must be a whole number, got {value!r}")
+    if value < minimum:
+        raise LrscanError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _list(name: str, value) -> list:
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return [value]
+    raise LrscanError(f"{name} must be a list of numbers, got {value!r}")
+
+
+def _grid(name: str, value) -> tuple[float, ...]:
+    values = _list(name, value)
+    if not values:
+        raise LrscanError(f"{name} grid is empty; give at least one learning rate")
+    grid = []
+    for i, v in enumerate(values):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise LrscanError(f"{name}[{i}] must be a number, got {v!r}")
+        if not math.isfinite(v) or v <= 0:
+            raise LrscanError(f"{name}[{i}] = {v!r}: learning rates must be positive and finite")
+        grid.append(float(v))
+    if len(set(grid)) != len(grid):
+        raise LrscanError(f"{name} grid has repeated values")
+    return tuple(sorted(grid))
+
+
+def seeds_list(name: str, value) -> tuple[int, ...]:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return tuple(range(integer(name, value, minimum=1)))
+    seeds = tuple(integer(f"{name}[{i}]", s, minimum=0) for i, s in enumerate(_list(name, value)))
+    if not seeds:
+        raise LrscanError(f"{name} is empty; give a count or a list of seeds")
+    if len(set(seeds)) != len(seeds):
+        raise LrscanError(f"{name} has repeated values: {list(seeds)}")
+    return seeds
+
+
+def _checkpoints(value, end: float) -> tuple[float, ...]:
+    """Checkpoint epochs from a list, a stride (number), or a ``{start, stop, step}`` table."""
+    if isinstance(value, Mapping):
+        unknown = set(value) - {"start", "stop", "step"}
+        if unknown:
+            key = sorted(unknown)[0]
+            raise LrscanError(f"unknown key {key!r} in checkpoint_epochs{closest(key, ['start', 'stop', 'step'])}")
+        step = number("checkpoint_epochs.step", value.get("step"), positive=True)
+        start = number("checkpoint_epochs.start", value.get("start", 0.0), positive=False)
+        stop = number("checkpoint_epochs.stop", value.get("stop", end), positive=False)
+        count = int(math.floor((stop - start) / step + 1e-9)) + 1
+        epochs = [start + i * step for i in range(max(count, 0))]
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        step = number("checkpoint_epochs", value, positive=True)
+        epochs = [i * step for i in range(int(math.floor(end / step + 1e-9)) + 1)]
+    else:
+        epochs = [number(f"checkpoint_epochs[{i}]", e, positive=False) for i, e in enumerate(_list("checkpoint_epochs", value))]
+    for e in epochs:
+        if e > end + 1e-9:
+            raise LrscanError(f"checkpoint epoch {e:g} is beyond the end of training ({end:g})")
+    return tuple(sorted(set(epochs)))
+
+
+def _boolean(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise LrscanError(f"{name} must be true or false, got {value!r}")
+    return value
+
+
+def _device(value) -> str:
+    value = string("device", value)
+    if value not in ("auto", "cpu", "cuda", "mps") and not value.startswith("cuda:"):
+        raise LrscanError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {value!r}")
+    return value

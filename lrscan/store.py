@@ -1,0 +1,235 @@
+"""The sweep store: one zarr v3 directory laid out as an xarray DataTree.
+
+::
+
+    /                 attrs: lrscan_schema, lrscan_version, torch_version, spec, steps_per_epoch
+    /layers           the flat parameter vector's layout: start, stop, shape, si, trainable (dim layer)
+    /pretrain/metrics train/test loss and accuracy, weight_norm, grad_norm (plr, seed, epoch);
+                      done, diverged_epoch (plr, seed)
+    /pretrain/weights weights (plr, seed, epoch, param) at the checkpoint epochs
+    /finetune/...     the same with an flr dimension (plr, flr, seed, ...)
+    /swa/metrics      metrics of the SWA solutions (plr, seed, swa); done (plr, seed)
+    /swa/weights      weights (plr, seed, swa, param)
+
+Metrics and weights sit in sibling groups because they are logged at different epochs, and a
+DataTree requires a child's index to match its parent's.  Every array is allocated up front
+(unwritten values read as NaN, flags as 0) and chunked so that one run owns whole chunks: a
+run's writes touch nothing of any other run, and its ``done`` flag is written after its data.
+See store/README.md for the user-facing description.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import dask.array as da
+import numpy as np
+import torch
+import xarray as xr
+import zarr
+
+import lrscan
+from lrscan.errors import LrscanError
+from lrscan.spec import Spec
+from lrscan.train.engine import Layer
+from lrscan.train.loop import METRICS
+from lrscan.train.plan import Plan
+
+SCHEMA_VERSION = 1
+RUN_DIMS = {"pretrain": ("plr", "seed"), "finetune": ("plr", "flr", "seed"), "swa": ("plr", "seed")}
+SWA_METRICS = ("train_loss", "train_acc", "test_loss", "test_acc", "weight_norm")
+# Weight chunks hold about this many bytes when a run keeps more than that.
+WEIGHT_CHUNK_BYTES = 8 << 20
+
+
+def open_store(path: str | os.PathLike) -> xr.DataTree:
+    """Open a store lazily: every variable is a dask array, nothing is read until computed."""
+    _require_store(Path(path))
+    return xr.open_datatree(str(path), engine="zarr", chunks={}, consolidated=False)
+
+
+def read_spec(path: str | os.PathLike) -> Spec:
+    """The resolved spec a store was made from."""
+    return Spec.from_dict(_root_attrs(Path(path))["spec"])
+
+
+def _root_attrs(path: Path) -> dict:
+    _require_store(path)
+    attrs = zarr.open_group(str(path), mode="r").attrs.asdict()
+    schema = attrs.get("lrscan_schema")
+    if schema != SCHEMA_VERSION:
+        raise LrscanError(
+            f"{path} has store schema {schema!r}; this lrscan reads schema {SCHEMA_VERSION}"
+        )
+    return attrs
+
+
+def _require_store(path: Path) -> None:
+    if not path.exists():
+        raise LrscanError(f"no store at {path}; run `lrscan train --store {path}` first")
+    if not path.is_dir() or not (path / "zarr.json").exists():
+        raise LrscanError(f"{path} is not an lrscan store (no zarr.json)")
+    attrs = zarr.open_group(str(path), mode="r").attrs
+    if "lrscan_schema" not in attrs:
+        raise LrscanError(f"{path} is a zarr store but not an lrscan store (no lrscan_schema attribute)")
+
+
+def create_or_check(path: str | os.PathLike, plan: Plan, layers: Sequence[Layer]) -> bool:
+    """Make the store for a plan, or check that an existing one was made from the same spec.
+
+    Returns True when a new store was created.  An existing store made from another spec is
+    refused with an error naming the fields that differ, and is left untouched.
+    """
+    path = Path(path)
+    if path.exists():
+        if path.is_file():
+            raise LrscanError(f"store path {path} is a file, not a directory")
+        if any(path.iterdir()) or (path / "zarr.json").exists():
+            old = read_spec(path)
+            diff = old.differences(plan.spec)
+            if diff:
+                raise LrscanError(
+                    f"{path} was made from a different spec ({', '.join(diff)} differ); "
+                    "use another --store, or delete this one to start over"
+                )
+            return False
+    # Build next to the target and rename, so a crash never leaves a half-made store.
+    parent = path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = parent / f".{path.name}.creating-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        _write_skeleton(tmp, plan, layers)
+        if path.exists():
+            path.rmdir()  # an empty directory the user made for us
+        tmp.rename(path)
+    except PermissionError as err:
+        raise LrscanError(f"cannot write the store at {path}: {err.strerror}") from None
+    return True
+
+
+def _write_skeleton(path: Path, plan: Plan, layers: Sequence[Layer]) -> None:
+    spec = plan.spec
+    root = zarr.open_group(str(path), mode="w-", zarr_format=3)
+    root.attrs.update(
+        {
+            "lrscan_schema": SCHEMA_VERSION,
+            "lrscan_version": lrscan.__version__,
+            "torch_version": torch.__version__,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "steps_per_epoch": plan.steps_per_epoch,
+            "spec": json.loads(json.dumps(spec.to_dict())),
+        }
+    )
+    n_params = layers[-1].stop
+    table = xr.Dataset(
+        {
+            "start": ("layer", np.array([l.start for l in layers], dtype=np.int64)),
+            "stop": ("layer", np.array([l.stop for l in layers], dtype=np.int64)),
+            "shape": ("layer", np.array([",".join(map(str, l.shape)) for l in layers], dtype=object)),
+            "si": ("layer", np.array([l.si for l in layers])),
+            "trainable": ("layer", np.array([l.trainable for l in layers])),
+        },
+        coords={"layer": np.array([l.name for l in layers], dtype=object)},
+        attrs={"description": "layout of the flat parameter vector (dim param) of every weights array"},
+    )
+    table.to_zarr(str(path), group="layers", mode="w", consolidated=False, zarr_format=3)
+
+    seeds = {
+        "seed": ("seed", np.array([r.seed for r in plan.runs])),
+        "train_seed": ("seed", np.array([r.train_seed for r in plan.runs])),
+        "data_seed": ("seed", np.array([r.data_seed for r in plan.runs])),
+    }
+    run_coords = {"plr": ("plr", np.array(spec.plr)), "flr": ("flr", np.array(spec.flr)), **seeds}
+    stages = {"pretrain": plan.pretrain}
+    if plan.finetune.n_steps > 0:
+        stages["finetune"] = plan.finetune
+    for name, stage in stages.items():
+        dims = RUN_DIMS[name]
+        time = {
+            "epoch": ("epoch", plan.epochs(stage.log_steps)),
+            "step": ("epoch", stage.log_steps),
+        }
+        _allocate(path, f"{name}/metrics", dims, run_coords, time, METRICS, np.float32, flags=True)
+        time = {"epoch": ("epoch", plan.epochs(stage.checkpoint_steps)), "step": ("epoch", stage.checkpoint_steps)}
+        _allocate_weights(path, f"{name}/weights", dims, run_coords, time, n_params)
+    if plan.swa_steps:
+        ks = {"swa": ("swa", np.array(sorted(plan.swa_steps)))}
+        _allocate(path, "swa/metrics", RUN_DIMS["swa"], run_coords, ks, SWA_METRICS, np.float32, flags=True)
+        _allocate_weights(path, "swa/weights", RUN_DIMS["swa"], run_coords, ks, n_params)
+
+
+def _coords(dims, run_coords, extra) -> dict:
+    coords = {k: v for k, v in run_coords.items() if v[0] in dims}
+    return {**coords, **extra}
+
+
+def _allocate(path, group, dims, run_coords, time, names, dtype, *, flags: bool) -> None:
+    (time_dim,) = {v[0] for v in time.values()}
+    shape = tuple(len(run_coords[d][1]) for d in dims) + (len(next(iter(time.values()))[1]),)
+    chunks = (1,) * len(dims) + (shape[-1],)
+    data = {name: (dims + (time_dim,), da.full(shape, np.nan, dtype=dtype, chunks=chunks)) for name in names}
+    encoding = {name: {"_FillValue": np.nan} for name in names}
+    if flags:
+        run_shape, run_chunks = shape[:-1], (1,) * len(dims)
+        data["done"] = (dims, da.zeros(run_shape, dtype=np.uint8, chunks=run_chunks))
+        data["diverged_epoch"] = (dims, da.full(run_shape, np.nan, dtype=np.float64, chunks=run_chunks))
+        encoding["diverged_epoch"] = {"_FillValue": np.nan}
+    ds = xr.Dataset(data, coords=_coords(dims, run_coords, time))
+    ds.to_zarr(str(path), group=group, mode="w", compute=False, consolidated=False, zarr_format=3, encoding=encoding)
+
+
+def _allocate_weights(path, group, dims, run_coords, time, n_params: int) -> None:
+    (time_dim,) = {v[0] for v in time.values()}
+    n_time = len(next(iter(time.values()))[1])
+    shape = tuple(len(run_coords[d][1]) for d in dims) + (n_time, n_params)
+    per_chunk = max(1, min(n_time, WEIGHT_CHUNK_BYTES // (4 * n_params)))
+    chunks = (1,) * len(dims) + (per_chunk, n_params)
+    ds = xr.Dataset(
+        {"weights": (dims + (time_dim, "param"), da.full(shape, np.nan, dtype=np.float32, chunks=chunks))},
+        coords=_coords(dims, run_coords, {**time, "param": ("param", np.arange(n_params))}),
+    )
+    ds.to_zarr(
+        str(path), group=group, mode="w", compute=False, consolidated=False, zarr_format=3,
+        encoding={"weights": {"_FillValue": np.nan}},
+    )
+
+
+class StoreWriter:
+    """Region writes of whole runs into an existing store, straight through zarr."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.root = zarr.open_group(str(self.path), mode="r+")
+
+    def done(self, stage: str) -> np.ndarray:
+        """Completion flags of a stage's runs (shape of its run dims)."""
+        return self.root[f"{stage}/metrics/done"][...].astype(bool)
+
+    def read_weights(self, stage: str, index: tuple[int, ...], steps: Sequence[int]) -> np.ndarray:
+        """Stored weights of one run at the given steps, (len(steps), P)."""
+        arr = self.root[f"{stage}/weights/weights"]
+        stored = list(self.root[f"{stage}/weights/step"][...])
+        rows = [stored.index(int(s)) for s in steps]
+        return arr[index][rows]
+
+    def write_run(
+        self,
+        stage: str,
+        index: tuple[int, ...],
+        metrics: Mapping[str, np.ndarray],
+        weights: np.ndarray,
+        diverged_epoch: float = float("nan"),
+    ) -> None:
+        """Write one run's metrics and weights, then mark it done."""
+        group = self.root[f"{stage}/metrics"]
+        for name, values in metrics.items():
+            group[name][index] = values
+        self.root[f"{stage}/weights/weights"][index] = weights
+        group["diverged_epoch"][index] = diverged_epoch
+        group["done"][index] = 1

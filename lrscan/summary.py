@@ -1,0 +1,62 @@
+"""A plain-text summary of a store: what it holds and how much of its sweep is done."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from lrscan.store import _root_attrs
+from lrscan.spec import Spec
+
+
+def _size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def _grid(values) -> str:
+    values = list(values)
+    return f"{len(values)} ({values[0]:.3g} … {values[-1]:.3g})" if len(values) > 1 else f"1 ({values[0]:.3g})"
+
+
+def stage_status(path: str | os.PathLike) -> dict[str, tuple[int, int, int]]:
+    """(done, total, diverged) runs of each stage the store has."""
+    root = zarr.open_group(str(path), mode="r")
+    out = {}
+    for stage in ("pretrain", "swa", "finetune"):
+        if f"{stage}/metrics" not in root:
+            continue
+        group = root[f"{stage}/metrics"]
+        done = group["done"][...].astype(bool)
+        diverged = int(np.isfinite(group["diverged_epoch"][...]).sum()) if "diverged_epoch" in group else 0
+        out[stage] = (int(done.sum()), done.size, diverged)
+    return out
+
+
+def summarise(path: str | os.PathLike) -> str:
+    """Describe a store in a few lines (the output of ``lrscan info``)."""
+    path = Path(path)
+    attrs = _root_attrs(path)
+    spec = Spec.from_dict(attrs["spec"])
+    status = stage_status(path)
+    seeds = len(spec.seeds) * len(spec.data_seeds)
+    lines = [
+        f"store     {path}  (schema {attrs['lrscan_schema']}, lrscan {attrs['lrscan_version']}, "
+        f"created {attrs['created']})",
+        f"setup     {spec.model} on {spec.dataset}, radius {spec.radius:g}, batch {spec.batch_size}, "
+        f"{attrs['steps_per_epoch']} steps per epoch",
+        f"grid      PLR {_grid(spec.plr)}, FLR {_grid(spec.flr)}, {seeds} seeds "
+        f"(training seeds {list(spec.seeds)} x data seeds {list(spec.data_seeds)})",
+        f"schedule  pre-train {spec.pretrain_epochs:g} epochs, fine-tune {spec.finetune_epochs:g} epochs "
+        f"from epoch {spec.resolved_finetune_from:g}, SWA K = {list(spec.swa) or 'none'}",
+    ]
+    for stage, (done, total, diverged) in status.items():
+        extra = f", {diverged} diverged" if diverged else ""
+        lines.append(f"{stage:9s} {done}/{total} runs done{extra}")
+    complete = all(done == total for done, total, _ in status.values())
+    lines.append(f"size      {_size(path) / 1e6:.1f} MB on disk")
+    lines.append("status    complete" if complete else
+                 f"status    incomplete: run `lrscan train --store {path}` with the same spec to finish")
+    return "\n".join(lines)

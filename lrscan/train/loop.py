@@ -1,0 +1,148 @@
+"""One training stage of M runs: the loop a reader can hold in their head.
+
+Each run has its own data seed, batch order (shared by all runs of the same seed) and
+learning rate; the loop steps them together, evaluates every run on the full train and test
+sets at the logged steps and copies their weights at the checkpoint steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from lrscan.train.engine import Engine, to_numpy
+from lrscan.train.plan import Stage
+
+# Runs evaluated together; small chunks keep activations in cache (measured fastest on CPU).
+EVAL_CHUNK = 16
+METRICS = ("train_loss", "train_acc", "test_loss", "test_acc", "weight_norm", "grad_norm")
+
+
+@dataclass
+class DeviceData:
+    """Train and test sets of every data seed, stacked (D, N, ...), resident on the device."""
+
+    x_train: Tensor
+    y_train: Tensor
+    x_test: Tensor
+    y_test: Tensor
+
+
+@dataclass
+class StageResult:
+    """What a stage produced for its M runs."""
+
+    metrics: dict[str, np.ndarray]  # name -> (M, n_log)
+    weights: np.ndarray  # (M, n_checkpoint, P)
+    diverged_step: np.ndarray  # (M,), -1 where the run stayed finite
+
+
+def seed_key(train_seed: int, data_seed: int, stage: str, epoch: int) -> int:
+    """A 63-bit seed for one epoch's batch order (or, for stage "init", the initial point).
+
+    It depends on nothing but its arguments, so a run draws the same numbers whichever other
+    runs share its batch.
+    """
+    code = {"pretrain": 0, "finetune": 1, "init": 2}[stage]
+    return int(np.random.SeedSequence([train_seed, data_seed, code, epoch]).generate_state(2, np.uint64)[0] >> 1)
+
+
+def epoch_order(seeds: list[tuple[int, int]], stage: str, epoch: int, n: int, device) -> Tensor:
+    """Sample order of one epoch for each distinct (train_seed, data_seed), (S, n)."""
+    g = torch.Generator()
+    orders = []
+    for train_seed, data_seed in seeds:
+        g.manual_seed(seed_key(train_seed, data_seed, stage, epoch))
+        orders.append(torch.randperm(n, generator=g))
+    return torch.stack(orders).to(device)
+
+
+def run_stage(
+    engine: Engine,
+    data: DeviceData,
+    stage: Stage,
+    *,
+    elr: Tensor,
+    seeds: list[tuple[int, int]],
+    batch_size: int,
+    steps_per_epoch: int,
+    eval_chunk: int = EVAL_CHUNK,
+    progress: Callable[[int], None] | None = None,
+) -> StageResult:
+    """Train the engine's M runs through one stage.
+
+    Parameters
+    ----------
+    engine
+        The runs, already at the stage's starting point.
+    data
+        Datasets stacked by data seed.
+    stage
+        Steps to run, log and checkpoint.
+    elr
+        Effective learning rate of each run, (M,).
+    seeds
+        (train_seed, data_seed) of each run; runs with equal seeds see the same batches.
+    batch_size, steps_per_epoch
+        Batch geometry; an epoch is one pass over a fresh permutation of the training set.
+    progress
+        Called with the number of model-steps done since its last call.
+    """
+    device = elr.device
+    m = engine.n_runs
+    distinct = sorted(set(seeds))
+    run_seed = torch.tensor([distinct.index(s) for s in seeds], device=device)
+    which_data = torch.tensor([s[1] for s in seeds], device=device)
+    n_train = data.x_train.shape[1]
+
+    log_index = {int(s): i for i, s in enumerate(stage.log_steps)}
+    ckpt_index = {int(s): i for i, s in enumerate(stage.checkpoint_steps)}
+    metrics = {name: np.full((m, len(log_index)), np.nan, dtype=np.float32) for name in METRICS}
+    weights = np.full((m, len(ckpt_index), engine.flat().shape[1]), np.nan, dtype=np.float32)
+    diverged = np.full(m, -1, dtype=np.int64)
+    grad_sum = torch.zeros(m, device=device)
+    grad_count, last_reported = 0, stage.start
+
+    def record(step: int) -> None:
+        nonlocal grad_sum, grad_count, last_reported
+        if step in log_index:
+            i = log_index[step]
+            train_loss, train_acc = engine.evaluate(data.x_train, data.y_train, which_data, eval_chunk)
+            test_loss, test_acc = engine.evaluate(data.x_test, data.y_test, which_data, eval_chunk)
+            norm = engine.weight_norm()
+            values = {
+                "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc,
+                "weight_norm": norm,
+                "grad_norm": grad_sum / grad_count if grad_count else torch.full_like(grad_sum, float("nan")),
+            }
+            for name, value in values.items():
+                metrics[name][:, i] = to_numpy(value)
+            newly = ~np.isfinite(to_numpy(norm)) & (diverged < 0)
+            diverged[newly] = step
+            grad_sum, grad_count = torch.zeros_like(grad_sum), 0
+            if progress is not None:
+                progress((step - last_reported) * m)
+                last_reported = step
+        if step in ckpt_index:
+            weights[:, ckpt_index[step]] = to_numpy(engine.flat())
+
+    record(stage.start)
+    epoch, order = None, None
+    for step in range(stage.start, stage.stop):
+        if step // steps_per_epoch != epoch:
+            epoch = step // steps_per_epoch
+            order = epoch_order(distinct, stage.name, epoch, n_train, device)
+        offset = (step % steps_per_epoch) * batch_size
+        idx = order[run_seed, offset : offset + batch_size]  # (M, B)
+        x = data.x_train[which_data[:, None], idx]
+        y = data.y_train[which_data[:, None], idx]
+        grad_sum += engine.step(x, y, elr)
+        grad_count += 1
+        record(step + 1)
+    if progress is not None and stage.stop > last_reported:
+        progress((stage.stop - last_reported) * m)
+    return StageResult(metrics, weights, diverged)

@@ -1,0 +1,62 @@
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from lrscan.spec import load_spec
+
+# A sweep small enough to train in about a second: 64 samples, batch 16, 4 steps per epoch.
+SMALL = [
+    "plr=[0.003, 0.1]",
+    "flr=[0.001, 0.01]",
+    "seeds=2",
+    "batch_size=16",
+    "pretrain_epochs=4",
+    "finetune_epochs=2",
+    "finetune_from=4",
+    "log_every=1",
+    "checkpoint_epochs=1",
+    "swa=[2, 3]",
+    "compile=false",
+    "device='cpu'",
+    "data.n_train=64",
+    "data.n_test=128",
+    "data.n_single=32",
+]
+
+
+@pytest.fixture
+def small_overrides():
+    return list(SMALL)
+
+
+@pytest.fixture
+def small_spec():
+    def make(*extra):
+        return load_spec(overrides=[*SMALL, *extra])
+
+    return make
+
+
+def tree_digest(path: Path) -> str:
+    """A hash of every file's path and bytes under ``path``: equal digests mean nothing changed."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in Path(path).rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(path)).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+@pytest.fixture
+def digest():
+    return tree_digest
+
+
+@pytest.fixture(scope="session")
+def trained_small(tmp_path_factory):
+    """A finished small store, shared by tests that only read it."""
+    from lrscan.train.sweep import train
+
+    path = tmp_path_factory.mktemp("stores") / "small.zarr"
+    train(load_spec(overrides=SMALL), path)
+    return path
