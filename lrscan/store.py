@@ -20,10 +20,12 @@ See store/README.md for the user-facing description.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as _dt
 import json
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -32,6 +34,7 @@ import numpy as np
 import torch
 import xarray as xr
 import zarr
+import zarr.api.asynchronous
 
 import lrscan
 from lrscan.errors import LrscanError
@@ -155,12 +158,12 @@ def _write_skeleton(path: Path, plan: Plan, layers: Sequence[Layer]) -> None:
             "epoch": ("epoch", plan.epochs(stage.log_steps)),
             "step": ("epoch", stage.log_steps),
         }
-        _allocate(path, f"{name}/metrics", dims, run_coords, time, METRICS, np.float32, flags=True)
+        _allocate(path, f"{name}/metrics", dims, run_coords, time, METRICS, np.float32, diverged=True)
         time = {"epoch": ("epoch", plan.epochs(stage.checkpoint_steps)), "step": ("epoch", stage.checkpoint_steps)}
         _allocate_weights(path, f"{name}/weights", dims, run_coords, time, n_params)
     if plan.swa_steps:
         ks = {"swa": ("swa", np.array(sorted(plan.swa_steps)))}
-        _allocate(path, "swa/metrics", RUN_DIMS["swa"], run_coords, ks, SWA_METRICS, np.float32, flags=True)
+        _allocate(path, "swa/metrics", RUN_DIMS["swa"], run_coords, ks, SWA_METRICS, np.float32, diverged=False)
         _allocate_weights(path, "swa/weights", RUN_DIMS["swa"], run_coords, ks, n_params)
 
 
@@ -169,15 +172,15 @@ def _coords(dims, run_coords, extra) -> dict:
     return {**coords, **extra}
 
 
-def _allocate(path, group, dims, run_coords, time, names, dtype, *, flags: bool) -> None:
+def _allocate(path, group, dims, run_coords, time, names, dtype, *, diverged: bool) -> None:
     (time_dim,) = {v[0] for v in time.values()}
     shape = tuple(len(run_coords[d][1]) for d in dims) + (len(next(iter(time.values()))[1]),)
     chunks = (1,) * len(dims) + (shape[-1],)
     data = {name: (dims + (time_dim,), da.full(shape, np.nan, dtype=dtype, chunks=chunks)) for name in names}
     encoding = {name: {"_FillValue": np.nan} for name in names}
-    if flags:
-        run_shape, run_chunks = shape[:-1], (1,) * len(dims)
-        data["done"] = (dims, da.zeros(run_shape, dtype=np.uint8, chunks=run_chunks))
+    run_shape, run_chunks = shape[:-1], (1,) * len(dims)
+    data["done"] = (dims, da.zeros(run_shape, dtype=np.uint8, chunks=run_chunks))
+    if diverged:
         data["diverged_epoch"] = (dims, da.full(run_shape, np.nan, dtype=np.float64, chunks=run_chunks))
         encoding["diverged_epoch"] = {"_FillValue": np.nan}
     ds = xr.Dataset(data, coords=_coords(dims, run_coords, time))
@@ -200,6 +203,16 @@ def _allocate_weights(path, group, dims, run_coords, time, n_params: int) -> Non
     )
 
 
+@dataclass
+class RunData:
+    """Everything one run writes: its index along the run dims, metrics, weights, divergence."""
+
+    index: tuple[int, ...]
+    metrics: Mapping[str, np.ndarray]
+    weights: np.ndarray
+    diverged_epoch: float = float("nan")
+
+
 class StoreWriter:
     """Region writes of whole runs into an existing store, straight through zarr."""
 
@@ -218,18 +231,25 @@ class StoreWriter:
         rows = [stored.index(int(s)) for s in steps]
         return arr[index][rows]
 
-    def write_run(
-        self,
-        stage: str,
-        index: tuple[int, ...],
-        metrics: Mapping[str, np.ndarray],
-        weights: np.ndarray,
-        diverged_epoch: float = float("nan"),
-    ) -> None:
-        """Write one run's metrics and weights, then mark it done."""
-        group = self.root[f"{stage}/metrics"]
-        for name, values in metrics.items():
-            group[name][index] = values
-        self.root[f"{stage}/weights/weights"][index] = weights
-        group["diverged_epoch"][index] = diverged_epoch
-        group["done"][index] = 1
+    def write_runs(self, stage: str, runs: Sequence[RunData]) -> None:
+        """Write whole runs (metrics, weights, divergence), then mark them done.
+
+        All chunk writes of the batch go out concurrently; the ``done`` flags follow only
+        once every data chunk is written, so a flag never points at missing data.
+        """
+        asyncio.run(self._write_runs(stage, runs))
+
+    async def _write_runs(self, stage: str, runs: Sequence[RunData]) -> None:
+        group = await zarr.api.asynchronous.open_group(str(self.path), mode="r+")
+        metrics = await group.getitem(f"{stage}/metrics")
+        weights = await group.getitem(f"{stage}/weights/weights")
+        names = sorted({name for run in runs for name in run.metrics})
+        arrays = {name: await metrics.getitem(name) for name in names}
+        writes = [weights.setitem(run.index, run.weights) for run in runs]
+        writes += [arrays[name].setitem(run.index, values) for run in runs for name, values in run.metrics.items()]
+        if "diverged_epoch" in [key async for key in metrics.keys()]:
+            diverged = await metrics.getitem("diverged_epoch")
+            writes += [diverged.setitem(run.index, run.diverged_epoch) for run in runs]
+        await asyncio.gather(*writes)
+        done = await metrics.getitem("done")
+        await asyncio.gather(*(done.setitem(run.index, 1) for run in runs))

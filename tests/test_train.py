@@ -93,21 +93,6 @@ def test_batched_and_sequential_paths_give_the_same_weights(small_spec, tmp_path
         xr.testing.assert_allclose(a[group].to_dataset().load(), b[group].to_dataset().load(), rtol=1e-6, atol=1e-7)
 
 
-def test_a_run_does_not_depend_on_the_runs_batched_with_it(small_spec):
-    """Bit for bit, so that redoing a subset of runs reproduces them exactly."""
-    setup, _, data = small_engine(small_spec)
-
-    def trajectory(seeds, elr):
-        start = torch.stack([setup.init_weights(s, 0) for s in seeds])
-        engine = Engine(setup.entry, setup.module, start, 1.0, batched=True)
-        return run_stage(engine, data, setup.plan.pretrain, elr=torch.tensor(elr), seeds=[(s, 0) for s in seeds],
-                         batch_size=16, steps_per_epoch=4).weights
-
-    four = trajectory([0, 1, 0, 1], [0.003, 0.003, 0.1, 0.1])
-    np.testing.assert_array_equal(trajectory([1], [0.1])[0], four[3])
-    np.testing.assert_array_equal(trajectory([1, 0], [0.003, 0.1]), four[[1, 2]])
-
-
 def test_compiled_step_matches_eager(small_spec):
     _, eager, data = small_engine(small_spec)
     _, compiled, _ = small_engine(small_spec, compile=True)
@@ -157,20 +142,24 @@ def test_store_opens_lazily_with_labeled_dims(trained_small, small_spec):
 
 
 def test_store_round_trip_equals_what_the_loop_produced(small_spec, trained_small):
-    """Values read back equal a direct run of the stage loop for one (plr, seed)."""
+    """Values read back equal a direct run of the stage loop over the same (plr, seed) runs."""
     spec = small_spec()
     setup = Setup.build(spec)
     data = setup.data[0]
     dev = DeviceData(data.x_train[None], data.y_train[None], data.x_test[None], data.y_test[None])
-    engine = Engine(setup.entry, setup.module, setup.init_weights(1, 0)[None], spec.radius, batched=True)
-    result = run_stage(engine, dev, setup.plan.pretrain, elr=torch.tensor([spec.plr[1]]), seeds=[(1, 0)],
-                       batch_size=spec.batch_size, steps_per_epoch=setup.plan.steps_per_epoch)
+    runs = [(p, s) for p in range(len(spec.plr)) for s in spec.seeds]
+    start = torch.stack([setup.init_weights(s, 0) for _, s in runs])
+    engine = Engine(setup.entry, setup.module, start, spec.radius, batched=True)
+    result = run_stage(engine, dev, setup.plan.pretrain, elr=torch.tensor([spec.plr[p] for p, _ in runs]),
+                       seeds=[(s, 0) for _, s in runs], batch_size=spec.batch_size,
+                       steps_per_epoch=setup.plan.steps_per_epoch)
     tree = lrscan.open(trained_small)
-    stored = tree["pretrain/metrics"].sel(plr=spec.plr[1], seed=1)
-    for name, values in result.metrics.items():
-        np.testing.assert_array_equal(stored[name].values, values[0], err_msg=name)
-    np.testing.assert_array_equal(tree["pretrain/weights"]["weights"].sel(plr=spec.plr[1], seed=1).values,
-                                  result.weights[0])
+    for i, (p, s) in enumerate(runs):
+        stored = tree["pretrain/metrics"].isel(plr=p, seed=s)
+        for name, values in result.metrics.items():
+            np.testing.assert_array_equal(stored[name].values, values[i], err_msg=name)
+        np.testing.assert_array_equal(tree["pretrain/weights"]["weights"].isel(plr=p, seed=s).values,
+                                      result.weights[i])
 
 
 def test_finetune_branches_from_the_stored_pretrain_point(trained_small):
@@ -249,3 +238,24 @@ def test_training_learns_the_ticks(small_spec, tmp_path):
     # A small learning rate converges (regime 1) and generalises well above chance (0.5).
     assert float(end.train_loss.max()) < 0.01 and float(end.train_acc.min()) == 1.0
     assert float(end.test_acc.min()) > 0.6
+
+
+def test_an_interrupted_sweep_resumes_to_an_identical_store(small_spec, tmp_path, monkeypatch):
+    """Crash after some batches are written: the rerun redoes only what is missing, bit for bit."""
+    import lrscan.train.sweep as sweep_module
+
+    spec = small_spec()
+    # Fine-tuning keeps 2 checkpoints per run: batches of 3 runs.
+    monkeypatch.setattr(sweep_module, "BATCH_BYTES", 4 * 2080 * 2 * 3)
+    train(spec, tmp_path / "whole.zarr")
+
+    def crash_in_finetune(progress):
+        if progress.phase == "finetune" and progress.done > 4 * 16 + 3 * 8:
+            raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        train(spec, tmp_path / "resumed.zarr", progress=crash_in_finetune)
+    sweep = sweep_module.Sweep(spec, tmp_path / "resumed.zarr")
+    assert sweep.todo["pretrain"] == [] and 0 < len(sweep.todo["finetune"]) < 8
+    assert sweep.run()["finetune"] == len(sweep.todo["finetune"])
+    assert_stores_identical(tmp_path / "whole.zarr", tmp_path / "resumed.zarr")

@@ -22,8 +22,8 @@ def mlp_apply(hidden: Sequence[Tensor], head: Tensor, x: Tensor, eps: float) -> 
     """Logits of the SI MLP; weights may carry a leading run axis (then x is (M, B, in))."""
     for weight in hidden:
         x = torch.relu(F.layer_norm(x @ weight.transpose(-1, -2), weight.shape[-2:-1], eps=eps))
-    # A product and a sum rather than a matmul: a one-row matmul takes another kernel (gemv)
-    # when there is a single run, and its rounding would make a run depend on its batch.
+    # A product and a sum rather than a one-row matmul, which takes another kernel (gemv) for
+    # a single run than for a stack: this keeps the run-by-run path equal to the batched one.
     return (x.unsqueeze(-2) * head.unsqueeze(-3)).sum(-1)
 
 

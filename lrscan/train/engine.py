@@ -105,11 +105,13 @@ class Engine:
         for layer in self.layers:
             p = flat[:, layer.start : layer.stop].reshape(self.n_runs, *layer.shape).clone()
             (self.si if layer.si else self.frozen)[layer.name] = p
+        self.compiled = compile
         self._step = torch.compile(self._sgd_step, dynamic=False) if compile else self._sgd_step
+        self._eval = torch.compile(self._eval_chunk, dynamic=False) if compile else self._eval_chunk
 
-    def logits(self, si: dict[str, Tensor], x: Tensor, runs: slice = slice(None)) -> Tensor:
-        """Logits (m, B, C) of runs ``runs`` with SI parameters ``si`` on inputs x (m, B, ...)."""
-        params = {name: p[runs] for name, p in {**si, **self.frozen}.items()}
+    def logits(self, si: dict[str, Tensor], frozen: dict[str, Tensor], x: Tensor) -> Tensor:
+        """Logits (m, B, C) of m runs with parameters ``si`` and ``frozen`` on inputs x (m, B, ...)."""
+        params = {**si, **frozen}
         if self.batched:
             return self.entry.forward_batched(self.module, params, x)
         return torch.stack(
@@ -118,10 +120,17 @@ class Engine:
 
     def _loss(self, si: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
         # Summing the runs' mean losses keeps each run's gradient its own.
-        return loss_and_correct(self.logits(si, x), y)[0].mean(1).sum()
+        return loss_and_correct(self.logits(si, self.frozen, x), y)[0].mean(1).sum()
+
+    def _grads(self, si: dict[str, Tensor], x: Tensor, y: Tensor) -> dict[str, Tensor]:
+        if self.compiled:  # dynamo traces the functional form
+            return torch.func.grad(self._loss)(si, x, y)
+        # Eager autograd has less per-step overhead than torch.func.grad.
+        leaves = {n: p.detach().requires_grad_() for n, p in si.items()}
+        return dict(zip(leaves, torch.autograd.grad(self._loss(leaves, x, y), list(leaves.values()))))
 
     def _sgd_step(self, si: dict[str, Tensor], x: Tensor, y: Tensor, lr: Tensor):
-        grads = torch.func.grad(self._loss)(si, x, y)
+        grads = self._grads(si, x, y)
         grad_sq = sum(g.reshape(self.n_runs, -1).square().sum(1) for g in grads.values())
         moved = {n: p - lr.view(-1, *[1] * (p.dim() - 1)) * grads[n] for n, p in si.items()}
         scale = self.radius / sum(p.reshape(self.n_runs, -1).square().sum(1) for p in moved.values()).sqrt()
@@ -135,22 +144,28 @@ class Engine:
         self.si, grad_norm = self._step(self.si, x, y, elr * self.radius**2)
         return grad_norm
 
+    def _eval_chunk(self, si: dict[str, Tensor], frozen: dict[str, Tensor], x: Tensor, y: Tensor):
+        loss, correct = loss_and_correct(self.logits(si, frozen, x), y)
+        return loss.mean(1), correct.float().mean(1)
+
     @torch.no_grad()
     def evaluate(self, x: Tensor, y: Tensor, which: Tensor, chunk: int) -> tuple[Tensor, Tensor]:
         """Mean loss and accuracy of each run on its dataset, x (D, N, ...), y (D, N).
 
         Run ``m`` is evaluated on dataset ``which[m]``; runs go through in chunks of ``chunk``
-        so that activations stay small.
+        so that activations stay in cache.
         """
         losses, accs = [], []
         for start in range(0, self.n_runs, chunk):
-            runs = slice(start, min(start + chunk, self.n_runs))
-            idx = which[runs]
-            xs = x[idx[0]].expand(len(idx), *x.shape[1:]) if x.shape[0] == 1 else x[idx]
-            loss, correct = loss_and_correct(self.logits(self.si, xs, runs), y[idx])
-            losses.append(loss.mean(1))
-            accs.append(correct.float().mean(1))
-        return torch.cat(losses), torch.cat(accs)
+            # The last chunk repeats the last run to keep one shape (one compilation).
+            rows = torch.arange(start, start + chunk, device=which.device).clamp(max=self.n_runs - 1)
+            idx = which[rows]
+            xs = x[idx[0]].expand(chunk, *x.shape[1:]) if x.shape[0] == 1 else x[idx]
+            pick = lambda params: {n: p[rows] for n, p in params.items()}  # noqa: E731
+            loss, acc = self._eval(pick(self.si), pick(self.frozen), xs, y[idx])
+            losses.append(loss)
+            accs.append(acc)
+        return torch.cat(losses)[: self.n_runs], torch.cat(accs)[: self.n_runs]
 
     def flat(self) -> Tensor:
         """Current parameters, (M, P)."""

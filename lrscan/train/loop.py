@@ -18,7 +18,7 @@ from lrscan.train.engine import Engine, to_numpy
 from lrscan.train.plan import Stage
 
 # Runs evaluated together; small chunks keep activations in cache (measured fastest on CPU).
-EVAL_CHUNK = 16
+EVAL_CHUNK = 8
 METRICS = ("train_loss", "train_acc", "test_loss", "test_acc", "weight_norm", "grad_norm")
 
 

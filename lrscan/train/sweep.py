@@ -17,7 +17,7 @@ import torch
 from lrscan.data import DATASETS, Data
 from lrscan.models import MODELS
 from lrscan.spec import Spec
-from lrscan.store import StoreWriter, create_or_check
+from lrscan.store import RunData, StoreWriter, create_or_check
 from lrscan.train.engine import Engine, layout, project, si_norm, to_numpy
 from lrscan.train.loop import EVAL_CHUNK, DeviceData, run_stage, seed_key
 from lrscan.train.plan import Plan
@@ -96,18 +96,26 @@ class Sweep:
         create_or_check(store, plan, layout(setup.entry, setup.module))
         self.writer = StoreWriter(store)
         self.batched = setup.entry.forward_batched is not None if batched is None else batched
-        n_plr, n_flr, n_seed = len(spec.plr), len(spec.flr), len(plan.runs)
-        self.todo = {
-            "pretrain": _todo(self.writer, "pretrain", (n_plr, n_seed)),
-            "swa": _todo(self.writer, "swa", (n_plr, n_seed)) if plan.swa_steps else [],
-            "finetune": _todo(self.writer, "finetune", (n_plr, n_flr, n_seed)) if plan.finetune.n_steps else [],
+        # Checkpoints each run buffers until its batch is written.
+        kept = {"pretrain": plan.pretrain.checkpoint_steps.size}
+        if plan.swa_steps:
+            kept["swa"] = len(plan.swa_steps)
+        if plan.finetune.n_steps:
+            kept["finetune"] = plan.finetune.checkpoint_steps.size
+        n_params = sum(p.numel() for p in setup.module.parameters())
+        self.batches = {
+            stage: _pending_batches(self.writer.done(stage), max(1, BATCH_BYTES // (4 * n_params * n)))
+            for stage, n in kept.items()
         }
+        self.todo = {stage: [r for b in batches for r in b.todo] for stage, batches in self.batches.items()}
 
     @property
     def model_steps(self) -> int:
         """Model-steps left to train (one step of one run is one model-step)."""
-        return (len(self.todo["pretrain"]) * self.plan.pretrain.n_steps
-                + len(self.todo["finetune"]) * self.plan.finetune.n_steps)
+        return sum(
+            len(batch.runs) * getattr(self.plan, stage).n_steps
+            for stage in ("pretrain", "finetune") for batch in self.batches.get(stage, [])
+        )
 
     def run(self, progress: Callable[[Progress], None] | None = None) -> dict[str, int]:
         """Train what is left; returns the number of runs trained per stage."""
@@ -122,21 +130,21 @@ class Sweep:
                     progress(Progress(phase, done, total))
             return tick
 
-        for batch in _batches(self.todo["pretrain"], plan.pretrain.checkpoint_steps.size, setup):
-            runs = [plan.runs[s] for _, s in batch]
+        for batch in self.batches["pretrain"]:
+            runs = [plan.runs[s] for _, s in batch.runs]
             start = torch.stack([setup.init_weights(r.train_seed, r.data_seed) for r in runs])
-            _train_batch(setup, writer, "pretrain", batch, start, [spec.plr[p] for p, _ in batch], self.batched,
-                         report("pretrain"))
-        for batch in _batches(self.todo["swa"], 0, setup):
+            _train_batch(setup, writer, "pretrain", batch, start, [spec.plr[p] for p, _ in batch.runs],
+                         self.batched, report("pretrain"))
+        for batch in self.batches.get("swa", []):
             _swa_batch(setup, writer, batch)
             report("swa")(0)
         ft_from = plan.finetune.start
-        for batch in _batches(self.todo["finetune"], plan.finetune.checkpoint_steps.size, setup):
+        for batch in self.batches.get("finetune", []):
             start = torch.from_numpy(
-                np.stack([writer.read_weights("pretrain", (p, s), [ft_from])[0] for p, _, s in batch])
+                np.stack([writer.read_weights("pretrain", (p, s), [ft_from])[0] for p, _, s in batch.runs])
             )
-            _train_batch(setup, writer, "finetune", batch, start, [spec.flr[f] for _, f, _ in batch], self.batched,
-                         report("finetune"))
+            _train_batch(setup, writer, "finetune", batch, start, [spec.flr[f] for _, f, _ in batch.runs],
+                         self.batched, report("finetune"))
         return {stage: len(runs) for stage, runs in self.todo.items()}
 
 
@@ -168,23 +176,30 @@ def train(
     return Sweep(spec, store, batched=batched).run(progress)
 
 
-def _todo(writer: StoreWriter, stage: str, shape: tuple[int, ...]) -> list[tuple[int, ...]]:
-    done = writer.done(stage)
-    return [idx for idx in itertools.product(*map(range, shape)) if not done[idx]]
+@dataclass
+class Batch:
+    """Runs trained together: a fixed slice of the stage's runs, and those not yet stored."""
+
+    runs: list[tuple[int, ...]]
+    todo: list[tuple[int, ...]]
 
 
-def _batches(todo: list[tuple[int, ...]], n_checkpoints: int, setup: Setup):
-    """Split runs into batches whose buffered checkpoints fit in memory."""
-    n_params = sum(p.numel() for p in setup.module.parameters())
-    size = max(1, BATCH_BYTES // (4 * n_params * max(n_checkpoints, 1)))
-    for i in range(0, len(todo), size):
-        yield todo[i : i + size]
+def _pending_batches(done: np.ndarray, size: int) -> list[Batch]:
+    """The stage's runs cut into fixed batches, keeping those with runs left to do.
+
+    The cut does not depend on what is done, so a batch redone after a crash has the same
+    runs in the same order as before and reproduces their floats exactly.
+    """
+    runs = list(itertools.product(*map(range, done.shape)))
+    batches = [Batch(runs[i : i + size], [r for r in runs[i : i + size] if not done[r]])
+               for i in range(0, len(runs), size)]
+    return [b for b in batches if b.todo]
 
 
-def _train_batch(setup, writer, stage_name, batch, start, elr, batched, tick) -> None:
+def _train_batch(setup, writer, stage_name, batch: Batch, start, elr, batched, tick) -> None:
     plan = setup.plan
     stage = getattr(plan, stage_name)
-    runs = [plan.runs[idx[-1]] for idx in batch]
+    runs = [plan.runs[idx[-1]] for idx in batch.runs]
     data_seeds = sorted({r.data_seed for r in runs})
     data, position = setup.device_data(data_seeds)
     engine = Engine(setup.entry, setup.module.to(setup.device), start.to(setup.device), setup.spec.radius,
@@ -197,19 +212,21 @@ def _train_batch(setup, writer, stage_name, batch, start, elr, batched, tick) ->
         steps_per_epoch=plan.steps_per_epoch,
         progress=tick,
     )
-    for i, idx in enumerate(batch):
-        step = result.diverged_step[i]
-        writer.write_run(
-            stage_name, idx,
+    writer.write_runs(stage_name, [
+        RunData(
+            idx,
             {name: values[i] for name, values in result.metrics.items()},
             result.weights[i],
-            diverged_epoch=float(step) / plan.steps_per_epoch if step >= 0 else float("nan"),
+            float(result.diverged_step[i]) / plan.steps_per_epoch if result.diverged_step[i] >= 0 else float("nan"),
         )
+        for i, idx in enumerate(batch.runs) if idx in batch.todo
+    ])
 
 
-def _swa_batch(setup: Setup, writer: StoreWriter, batch) -> None:
+def _swa_batch(setup: Setup, writer: StoreWriter, batch: Batch) -> None:
     """SWA solutions of every K for a batch of (plr, seed): average, project, evaluate."""
     plan, spec = setup.plan, setup.spec
+    todo, batch = batch.todo, batch.runs
     ks = sorted(plan.swa_steps)
     layers = layout(setup.entry, setup.module)
     runs = [plan.runs[s] for _, s in batch]
@@ -231,5 +248,7 @@ def _swa_batch(setup: Setup, writer: StoreWriter, batch) -> None:
               "weight_norm": norm}
     values = {name: to_numpy(v).reshape(len(batch), len(ks)) for name, v in values.items()}
     weights = to_numpy(flat).reshape(len(batch), len(ks), -1)
-    for i, idx in enumerate(batch):
-        writer.write_run("swa", idx, {name: v[i] for name, v in values.items()}, weights[i])
+    writer.write_runs("swa", [
+        RunData(idx, {name: v[i] for name, v in values.items()}, weights[i])
+        for i, idx in enumerate(batch) if idx in todo
+    ])
