@@ -7,6 +7,8 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0+unknown"
 
+from lrscan import accessor  # noqa: E402,F401  (registers the tree.lrscan accessor)
+
 
 def open(store):  # noqa: A001 - mirrors xarray's open_* naming
     """Open a store lazily as an ``xarray.DataTree`` of dask-backed variables.

@@ -87,6 +87,41 @@ def train(preset, config, store, overrides, sequential) -> None:
 
 @main.command()
 @click.argument("store", required=False)
+@click.option("--only", "only", metavar="NAME", multiple=True,
+              help="Run only this analyzer (repeatable); see `lrscan analyzers`.")
+@user_errors
+def analyze(store, only) -> None:
+    """Compute every analysis that applies to a finished store, into /analysis/<name>.
+
+    Results already stored for the same store and options are kept, so a second run
+    does no work. Training data is never rewritten.
+    """
+    from lrscan.analyze.run import analyze as run_analysis
+
+    path = Path(store) if store else default_store(None, None)
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    start = time.perf_counter()
+
+    def show(name: str, status: str, seconds: float) -> None:
+        click.echo(f"{name:12s} {status}" + (f" in {seconds:.1f} s" if status == "computed" else ""), err=True)
+
+    status = run_analysis(path, only or None, progress=show)
+    computed = sum(s == "computed" for s in status.values())
+    click.echo(f"{computed} of {len(status)} analyses computed in {time.perf_counter() - start:.1f} s; "
+               f"results under {path}/analysis", err=True)
+
+
+@main.command()
+def analyzers() -> None:
+    """List the registered analyzers."""
+    from lrscan.analyze import ANALYZERS
+
+    for name in ANALYZERS:
+        click.echo(f"{name:12s} {ANALYZERS[name].summary}")
+
+
+@main.command()
+@click.argument("store", required=False)
 @user_errors
 def info(store) -> None:
     """Summarise what a store holds and how much of its sweep is done."""

@@ -59,6 +59,17 @@ def project(flat: Tensor, layers: tuple[Layer, ...], radius: float) -> Tensor:
     return out
 
 
+def swa_average(window: Tensor, ks, layers: tuple[Layer, ...], radius: float) -> Tensor:
+    """SWA solutions: for each k, the uniform mean of the last k rows of ``window`` (..., n, P).
+
+    Means are taken in float64 and put back on the sphere (an SI model only sees the
+    direction); the result is (..., len(ks), P) in float32.
+    """
+    w = window.double()
+    means = torch.stack([w[..., -k:, :].mean(-2) for k in ks], -2)
+    return project(means.reshape(-1, means.shape[-1]).float(), layers, radius).reshape(means.shape)
+
+
 def loss_and_correct(logits: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     """Per-sample loss and correctness for logits (..., C) and labels (...).
 

@@ -18,7 +18,7 @@ from lrscan.data import DATASETS, Data
 from lrscan.models import MODELS
 from lrscan.spec import Spec
 from lrscan.store import RunData, StoreWriter, create_or_check
-from lrscan.train.engine import Engine, layout, project, si_norm, to_numpy
+from lrscan.train.engine import Engine, layout, project, si_norm, swa_average, to_numpy
 from lrscan.train.loop import EVAL_CHUNK, DeviceData, run_stage, seed_key
 from lrscan.train.plan import Plan
 
@@ -231,13 +231,8 @@ def _swa_batch(setup: Setup, writer: StoreWriter, batch: Batch) -> None:
     layers = layout(setup.entry, setup.module)
     runs = [plan.runs[s] for _, s in batch]
     data, position = setup.device_data(sorted({r.data_seed for r in runs}))
-    points = []
-    for p, s in batch:
-        window = writer.read_weights("pretrain", (p, s), plan.swa_steps[ks[-1]])
-        # Uniform average of the last K iterates; SI outputs only see its direction.
-        points.append(np.stack([window[-k:].astype(np.float64).mean(0) for k in ks]))
-    flat = torch.from_numpy(np.concatenate(points)).float()
-    flat = project(flat, layers, spec.radius)
+    window = np.stack([writer.read_weights("pretrain", idx, plan.swa_steps[ks[-1]]) for idx in batch])
+    flat = swa_average(torch.from_numpy(window), ks, layers, spec.radius).reshape(len(batch) * len(ks), -1)
     engine = Engine(setup.entry, setup.module.to(setup.device), flat.to(setup.device), spec.radius,
                     batched=setup.entry.forward_batched is not None)
     which = torch.tensor([position[r.data_seed] for r in runs for _ in ks], device=setup.device)

@@ -1,0 +1,83 @@
+"""Evaluate arbitrary parameter vectors of a store's model on its data.
+
+Analyses build points that training never visited (points on a path between two solutions,
+averages); :class:`Evaluator` scores any stack of such vectors with the same code that scored
+the training runs.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+import numpy as np
+import torch
+import xarray as xr
+
+from lrscan.spec import Spec
+from lrscan.train.engine import Engine, layout, project
+from lrscan.train.loop import EVAL_CHUNK
+from lrscan.train.sweep import Setup
+
+
+class Evaluator:
+    """Scores parameter vectors of the model a store was trained with.
+
+    Parameters
+    ----------
+    spec
+        The store's spec (``lrscan.store.read_spec`` or ``Spec.from_dict(tree.attrs["spec"])``).
+    """
+
+    def __init__(self, spec: Spec):
+        self.setup = Setup.build(spec)
+        self.layers = layout(self.setup.entry, self.setup.module)
+        self.radius = spec.radius
+        self.data_seeds = list(spec.data_seeds)
+
+    @classmethod
+    def of(cls, tree: xr.DataTree) -> "Evaluator":
+        return cls(Spec.from_dict(tree.attrs["spec"]))
+
+    @cached_property
+    def sets(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Named evaluation sets, each stacked over data seeds: x (D, ..., N, features), y."""
+        data = [self.setup.data[d] for d in self.data_seeds]
+        sets = {
+            "train": (torch.stack([d.x_train for d in data]), torch.stack([d.y_train for d in data])),
+            "test": (torch.stack([d.x_test for d in data]), torch.stack([d.y_test for d in data])),
+        }
+        for name in data[0].extra:
+            sets[name] = (torch.stack([d.extra[name][0] for d in data]), torch.stack([d.extra[name][1] for d in data]))
+        return sets
+
+    def project(self, flat: np.ndarray) -> np.ndarray:
+        """Rescale the SI group of each row of ``flat`` (N, P) back to the sphere."""
+        return project(torch.as_tensor(flat, dtype=torch.float32), self.layers, self.radius).numpy()
+
+    def evaluate(self, flat: np.ndarray, data_index: np.ndarray, split: str = "test") -> tuple[np.ndarray, np.ndarray]:
+        """Mean loss and accuracy of each row of ``flat`` (N, P) on ``split``.
+
+        ``data_index[i]`` is the position of row i's data seed in the store's data seeds (the
+        ``seed`` coordinate's ``data_seed`` mapped through ``spec.data_seeds``). Sets with an
+        extra leading axis (such as ``single_feature``: one set per feature) give (N, K).
+        """
+        x, y = self.sets[split]
+        flat_t = torch.as_tensor(np.asarray(flat), dtype=torch.float32)
+        which = torch.as_tensor(np.asarray(data_index), dtype=torch.long)
+        if flat_t.shape[0] == 0:
+            shape = (0,) + tuple(x.shape[1:-2])
+            return np.zeros(shape), np.zeros(shape)
+        engine = Engine(self.setup.entry, self.setup.module, flat_t, self.radius,
+                        batched=self.setup.entry.forward_batched is not None)
+        if x.dim() == 3:
+            loss, acc = engine.evaluate(x, y, which, EVAL_CHUNK)
+            return loss.numpy(), acc.numpy()
+        k = x.shape[1]  # one set per k: fold (D, K) into D*K datasets
+        xs, ys = x.reshape(-1, *x.shape[2:]), y.reshape(-1, y.shape[-1])
+        out = [engine.evaluate(xs, ys, which * k + j, EVAL_CHUNK) for j in range(k)]
+        return (torch.stack([o[0] for o in out], 1).numpy(), torch.stack([o[1] for o in out], 1).numpy())
+
+    def data_index(self, tree: xr.DataTree) -> xr.DataArray:
+        """Each seed's position among the store's data seeds, along ``seed``."""
+        seeds = tree["pretrain/metrics"]["data_seed"].values
+        return xr.DataArray([self.data_seeds.index(int(s)) for s in seeds], dims="seed")

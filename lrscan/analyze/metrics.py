@@ -1,0 +1,147 @@
+"""Accuracy, loss, SWA, gradient norms and weight-group norms of a sweep's solutions."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import xarray as xr
+
+from lrscan.analyze import analyzer
+from lrscan.analyze.evaluate import Evaluator
+from lrscan.errors import LrscanError
+from lrscan.train.engine import si_norm, swa_average
+
+SCORES = ("train_loss", "train_acc", "test_loss", "test_acc")
+
+
+def last_window(metrics: xr.Dataset, window: float) -> xr.Dataset:
+    """The logged rows within the last ``window`` epochs of a stage (at least the last row)."""
+    end = metrics.epoch[-1]
+    return metrics.isel(epoch=(metrics.epoch >= end - window).values | (metrics.epoch == end).values)
+
+
+@analyzer("metrics")
+def metrics(tree: xr.DataTree, window: float = 20.0) -> xr.Dataset:
+    """Final train/test loss and accuracy of every PT, FT and SWA solution.
+
+    Parameters
+    ----------
+    tree
+        An opened store.
+    window
+        Epochs at the end of pre-training over which the PT test accuracy is averaged
+        (``pt_test_acc_mean`` / ``pt_test_acc_std``, as in the study's PT accuracy figure).
+
+    Returns
+    -------
+    xr.Dataset
+        ``pt_<score>(plr, seed)``, ``ft_<score>(plr, flr, seed)``, ``swa_<score>(plr, seed, swa)``
+        for each score in train/test loss/accuracy (the stages the store has), and
+        ``pt_test_acc_mean`` / ``pt_test_acc_std`` over the window. Lazy on a lazy store.
+    """
+    pt = tree["pretrain/metrics"].to_dataset()
+    out = {f"pt_{s}": pt[s].isel(epoch=-1, drop=True).drop_vars("step", errors="ignore") for s in SCORES}
+    if "finetune" in tree.children:
+        ft = tree["finetune/metrics"].to_dataset()
+        out |= {f"ft_{s}": ft[s].isel(epoch=-1, drop=True).drop_vars("step", errors="ignore") for s in SCORES}
+    if "swa" in tree.children:
+        swa = tree["swa/metrics"].to_dataset()
+        out |= {f"swa_{s}": swa[s] for s in SCORES}
+    last = last_window(pt, window).test_acc
+    out["pt_test_acc_mean"] = last.mean("epoch")
+    out["pt_test_acc_std"] = last.std("epoch")
+    return xr.Dataset(out, attrs={"window": window, "description": "final losses (mean cross-entropy) and "
+                                  "accuracies (fraction correct) of every solution"})
+
+
+@analyzer("swa")
+def swa(tree: xr.DataTree, ks: list[int] | None = None) -> xr.Dataset:
+    """SWA solutions of the last K pre-training checkpoints for every K, and their scores.
+
+    The average is rescaled back to the sphere (an SI model only sees its direction) and
+    evaluated on the full train and test sets; models with BatchNorm would get their
+    statistics recomputed by the evaluator first.
+
+    Parameters
+    ----------
+    ks
+        Window sizes; the spec's ``swa`` list by default. Any K up to the number of stored
+        pre-training checkpoints works.
+
+    Returns
+    -------
+    xr.Dataset
+        ``train_loss``, ``train_acc``, ``test_loss``, ``test_acc``, ``weight_norm`` over
+        (plr, seed, swa).
+    """
+    ks = sorted(ks or tree.attrs["spec"]["sweep"]["swa"])
+    weights = tree["pretrain/weights"]["weights"]
+    n_checkpoints = weights.sizes["epoch"]
+    if not ks or ks[0] < 1 or ks[-1] > n_checkpoints:
+        raise LrscanError(f"swa needs window sizes between 1 and the {n_checkpoints} stored pre-training "
+                          f"checkpoints, got {ks}")
+    evaluator = Evaluator.of(tree)
+    window = weights.isel(epoch=slice(-ks[-1], None)).transpose("plr", "seed", "epoch", "param").values
+    points = swa_average(torch.from_numpy(window), ks, evaluator.layers, evaluator.radius).numpy()
+    shape = points.shape[:-1]  # (plr, seed, swa)
+    flat = points.reshape(-1, points.shape[-1])
+    data = np.broadcast_to(evaluator.data_index(tree).values[None, :, None], shape).reshape(-1)
+    out = {}
+    for split in ("train", "test"):
+        loss, acc = evaluator.evaluate(flat, data, split)
+        out[f"{split}_loss"] = (("plr", "seed", "swa"), loss.reshape(shape))
+        out[f"{split}_acc"] = (("plr", "seed", "swa"), acc.reshape(shape))
+    out["weight_norm"] = (("plr", "seed", "swa"), si_norm(torch.from_numpy(flat), evaluator.layers).numpy().reshape(shape))
+    return xr.Dataset(out, coords={"plr": weights.plr, "seed": weights.seed, "swa": ks})
+
+
+@analyzer("grad_norm")
+def grad_norm(tree: xr.DataTree, window: float = 20.0) -> xr.Dataset:
+    """Mean stochastic-gradient norm of the SI group at the end of each stage.
+
+    The trainer logs, for every row, the mean over the steps since the previous row of the
+    SI-group gradient's L2 norm; this averages the rows of the last ``window`` epochs.
+    """
+    out = {"pt_grad_norm": last_window(tree["pretrain/metrics"].to_dataset(), window).grad_norm.mean("epoch")}
+    if "finetune" in tree.children:
+        ft = last_window(tree["finetune/metrics"].to_dataset(), window)
+        out["ft_grad_norm"] = ft.grad_norm.mean("epoch")
+    return xr.Dataset(out, attrs={"window": window})
+
+
+@analyzer("group_norms")
+def group_norms(tree: xr.DataTree, bins: int = 40, lo: float = -4.0, hi: float = 1.0) -> xr.Dataset:
+    """Norms of every output channel of every SI tensor over the radius, and their log10 histogram.
+
+    For the pre-training solution of each (plr, seed): ``group_norm(plr, seed, group)`` =
+    ‖W[i]‖ / ρ for each output channel i (first axis) of each SI tensor, with the tensor's
+    name as the non-index coordinate ``layer``; ``histogram(plr, seed, bin)`` counts
+    log10 of these over ``bins`` bins between ``lo`` and ``hi`` (values outside go to the
+    end bins). Large learning rates in regime 3 spread them over orders of magnitude.
+    """
+    radius = tree.attrs["spec"]["sweep"]["radius"]
+    layers = tree["layers"].to_dataset().load()
+    weights = tree["pretrain/weights"]["weights"].isel(epoch=-1, drop=True)
+    parts, names = [], []
+    for name, start, stop, shape, si in zip(layers.layer.values, layers.start.values, layers.stop.values,
+                                            layers.shape.values, layers.si.values):
+        if not si:
+            continue
+        rows = int(str(shape).split(",")[0])
+        w = weights.isel(param=slice(int(start), int(stop))).data.astype(np.float64)
+        # .reshape works alike on numpy and dask data: (..., rows * cols) -> (..., rows, cols)
+        norms = (w.reshape(*w.shape[:-1], rows, -1) ** 2).sum(-1) ** 0.5
+        parts.append(xr.DataArray(norms / radius, dims=("plr", "seed", "group")))
+        names += [str(name)] * rows
+    group_norm = xr.concat(parts, dim="group").assign_coords(
+        plr=weights.plr, seed=weights.seed, layer=("group", np.array(names, dtype=object)))
+    edges = np.linspace(lo, hi, bins + 1)
+    # Bin index by arithmetic, so it stays elementwise and lazy; out-of-range values go to the end bins.
+    index = np.floor((np.log10(group_norm) - lo) / (edges[1] - edges[0])).clip(0, bins - 1)
+    histogram = (index == xr.DataArray(np.arange(bins), dims="bin")).sum("group")
+    centers = (edges[:-1] + edges[1:]) / 2
+    return xr.Dataset(
+        {"group_norm": group_norm, "histogram": histogram.assign_coords(bin=centers)},
+        attrs={"description": "per-channel norms of SI tensors over the radius; histogram of their log10",
+               "bin_edges": edges.tolist()},
+    )

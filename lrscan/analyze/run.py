@@ -1,0 +1,111 @@
+"""Run analyzers over a store and persist their results under ``/analysis/<name>``."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Callable, Iterable
+
+import xarray as xr
+
+import lrscan
+from lrscan.analyze import ANALYZERS
+from lrscan.analyze.solutions import require_complete
+from lrscan.errors import LrscanError
+from lrscan.store import open_store
+
+
+def fingerprint(tree: xr.DataTree, name: str, options: dict) -> str:
+    """What a persisted result depends on: the store's identity, the analyzer, its options, lrscan."""
+    key = {
+        "store_created": tree.attrs.get("created"),
+        "spec": tree.attrs["spec"],
+        "analyzer": name,
+        "options": options,
+        "lrscan": lrscan.__version__,
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def plan_analyzers(tree: xr.DataTree, only: Iterable[str] | None = None) -> list[str]:
+    """The analyzers to run, dependencies first; raises on names or stores that cannot work."""
+    names = list(only or [])
+    for name in names:
+        entry = ANALYZERS[name]  # unknown names raise with a suggestion
+        missing = [s for s in entry.needs if s not in tree.children]
+        if missing:
+            raise LrscanError(f"analyzer {name!r} needs {', '.join(missing)} data, which this store does not have")
+    if not names:
+        if "finetune" not in tree.children:
+            raise LrscanError("the store has no fine-tuning data (finetune_epochs = 0); the study's analyses compare "
+                              "fine-tuned solutions — retrain with finetune_epochs > 0, or pick analyzers with --only")
+        names = [n for n in ANALYZERS if ANALYZERS[n].applies(tree)]
+    ordered: list[str] = []
+
+    def visit(name: str) -> None:
+        if name in ordered:
+            return
+        for dep in ANALYZERS[name].after:
+            if dep in names:
+                visit(dep)
+        ordered.append(name)
+
+    for name in names:
+        visit(name)
+    return ordered
+
+
+def analyze(
+    store: str | os.PathLike,
+    only: Iterable[str] | None = None,
+    *,
+    progress: Callable[[str, str, float], None] | None = None,
+) -> dict[str, str]:
+    """Compute and persist analyzers over a finished store.
+
+    Results already stored for the same store, options and lrscan version are kept as
+    they are. Training data is never written: results go to ``/analysis/<name>`` only,
+    each written beside its final place and moved there once complete.
+
+    Parameters
+    ----------
+    store
+        Path of a finished store.
+    only
+        Analyzer names (default: every analyzer that applies to the store).
+    progress
+        Called as ``progress(name, status, seconds)`` with status "computed" or "up to date".
+
+    Returns
+    -------
+    dict
+        Status of each analyzer run.
+    """
+    path = Path(store)
+    tree = open_store(path)
+    require_complete(tree)
+    status = {}
+    for name in plan_analyzers(tree, only):
+        start = time.perf_counter()
+        key = fingerprint(tree, name, {})
+        target = path / "analysis" / name
+        if "analysis" in tree.children and name in tree["analysis"].children and \
+                tree[f"analysis/{name}"].attrs.get("lrscan_fingerprint") == key:
+            status[name] = "up to date"
+        else:
+            result = ANALYZERS[name](tree)
+            result.attrs = {**result.attrs, "lrscan_analyzer": name, "lrscan_fingerprint": key}
+            tmp = path / "analysis" / f".{name}.writing"
+            shutil.rmtree(tmp, ignore_errors=True)
+            result.to_zarr(str(path), group=f"analysis/.{name}.writing", mode="w", consolidated=False, zarr_format=3)
+            shutil.rmtree(target, ignore_errors=True)
+            tmp.rename(target)
+            tree = open_store(path)  # later analyzers may read this result
+            status[name] = "computed"
+        if progress is not None:
+            progress(name, status[name], time.perf_counter() - start)
+    return status
