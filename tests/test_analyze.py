@@ -1,5 +1,6 @@
 """The analyzer framework, `lrscan analyze`, the accessor, and the metric-type analyzers."""
 
+import dataclasses
 import sys
 import textwrap
 
@@ -179,3 +180,24 @@ def test_a_third_party_analyzer_registers_through_an_entry_point(tmp_path, monke
     assert "tiny" in tree.lrscan.analyzers
     assert cli("analyzers").stdout.count("tiny") == 1
     sys.modules.pop("tiny_plugin", None)
+
+
+def test_a_result_is_recomputed_when_a_result_it_reads_changes(analyzed):
+    import zarr
+
+    assert analyze(analyzed, ["regimes"]) == {"regimes": "up to date"}
+    zarr.open_group(str(analyzed / "analysis" / "barriers"), mode="r+").attrs["lrscan_fingerprint"] = "other"
+    assert analyze(analyzed, ["regimes"]) == {"regimes": "computed"}
+    assert analyze(analyzed, ["regimes"]) == {"regimes": "up to date"}
+
+
+def test_analyzers_needing_sets_the_dataset_lacks_do_not_apply(trained_small, monkeypatch):
+    from lrscan.data import DATASETS
+
+    tree = lrscan.open(trained_small)
+    assert "features" in tree.lrscan.analyzers
+    monkeypatch.setitem(DATASETS._entries, "ticks", dataclasses.replace(DATASETS["ticks"], extra_sets=()))
+    assert "features" not in tree.lrscan.analyzers
+    assert "single_feature evaluation sets" in ANALYZERS["features"].missing(tree)
+    with pytest.raises(LrscanError, match="analyzer 'features' needs the single_feature evaluation sets"):
+        analyze(trained_small, ["features"])

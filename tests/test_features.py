@@ -39,7 +39,8 @@ def test_feature_accuracies_match_a_plain_forward_pass(trained_small, result):
             x, y = single_feature_sets(int(run.data_seed), data["n_single"], n_features=data["n_features"],
                                        dim=data["dim"], shape=data["shape"])
             for solution in run.solution.values:
-                torch.nn.utils.vector_to_parameters(torch.from_numpy(run.sel(solution=solution).values), model.parameters())
+                vector = torch.from_numpy(run.sel(solution=solution).values)
+                torch.nn.utils.vector_to_parameters(vector, model.parameters())
                 with torch.no_grad():
                     correct = (model(torch.from_numpy(x))[..., 0] > 0).numpy() == (y == 1)
                 np.testing.assert_allclose(
@@ -54,7 +55,8 @@ def test_test_accuracy_is_the_stored_one(trained_small, result):
     swa = tree["swa/metrics"]["test_acc"]
     np.testing.assert_allclose(result.test_acc.sel(solution="pt").values, pt.values, atol=1e-6)
     for flr in ft.flr.values:
-        np.testing.assert_allclose(result.test_acc.sel(solution=f"ft={flr:g}").values, ft.sel(flr=flr).values, atol=1e-6)
+        np.testing.assert_allclose(result.test_acc.sel(solution=f"ft={flr:g}").values, ft.sel(flr=flr).values,
+                                   atol=1e-6)
     for k in swa.swa.values:
         np.testing.assert_allclose(result.test_acc.sel(solution=f"swa={k}").values, swa.sel(swa=k).values, atol=1e-6)
 

@@ -9,7 +9,7 @@ import torch
 import xarray as xr
 import zarr
 import zarr.storage
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -80,14 +80,16 @@ vectors = st.integers(2, 12).flatmap(
 ).filter(lambda uv: min(np.linalg.norm(uv[0]), np.linalg.norm(uv[1])) > 1e-3)
 
 
-@settings(deadline=None, max_examples=200)
-@given(vectors, st.floats(1e-3, 1e3), st.floats(1e-3, 1e3))
-def test_angle_between_is_symmetric_bounded_and_scale_free(uv, a, b):
+@settings(deadline=None)
+@given(vectors, st.floats(1e-3, 1e3))
+def test_angle_between_is_symmetric_bounded_and_scale_free(uv, scale):
     u, v = uv
     theta = angle_between(u, v)
     assert 0 <= theta <= np.pi
     assert angle_between(v, u) == pytest.approx(theta, abs=1e-12)
-    assert angle_between(a * u, b * v) == pytest.approx(theta, abs=1e-6)
+    # Near-parallel vectors put the cosine where arccos is steep: rounding costs up to ~1e-8.
+    assert angle_between(scale * u, v) == pytest.approx(theta, abs=1e-6)
+    assert angle_between(u, scale * v) == pytest.approx(theta, abs=1e-6)
     assert angle_between(u, u) == 0
 
 
@@ -95,10 +97,10 @@ def test_angle_between_is_symmetric_bounded_and_scale_free(uv, a, b):
 @given(hnp.arrays(np.float64, st.integers(1, 8), elements=st.floats(-100, 100)),
        hnp.arrays(np.float64, st.integers(1, 8), elements=st.floats(-100, 100)))
 def test_vectors_on_disjoint_coordinates_are_orthogonal(x, y):
+    assume(np.linalg.norm(x) > 1e-3 and np.linalg.norm(y) > 1e-3)
     u = np.concatenate([x, np.zeros_like(y)])
     v = np.concatenate([np.zeros_like(x), y])
-    if np.linalg.norm(x) > 1e-3 and np.linalg.norm(y) > 1e-3:
-        assert angle_between(u, v) == np.pi / 2
+    assert angle_between(u, v) == np.pi / 2
 
 
 def test_angles_read_each_weight_chunk_once(trained_small, monkeypatch):
@@ -128,7 +130,7 @@ def curves(values, alpha):
     return xr.DataArray(values, dims=("run", "alpha"), coords={"alpha": alpha})
 
 
-@settings(deadline=None)
+@settings(deadline=None, max_examples=50)
 @given(hnp.arrays(np.float64, 5, elements=st.floats(0, 100)), hnp.arrays(np.float64, 5, elements=st.floats(0, 100)),
        st.integers(2, 25))
 def test_barrier_of_a_linear_curve_is_zero(start, end, n):

@@ -30,6 +30,8 @@ class Analyzer:
         only when the store has them.
     after
         Analyzers whose persisted results this one reads (they run first).
+    sets
+        Extra evaluation sets the analysis needs from the dataset (e.g. ``single_feature``).
     summary
         One line for listings.
     """
@@ -37,10 +39,24 @@ class Analyzer:
     func: Callable[..., xr.Dataset]
     needs: tuple[str, ...] = ("pretrain",)
     after: tuple[str, ...] = ()
+    sets: tuple[str, ...] = ()
     summary: str = ""
 
+    def missing(self, tree: xr.DataTree) -> str | None:
+        """Why the analysis does not apply to this store, or None when it does."""
+        stages = [stage for stage in self.needs if stage not in tree.children]
+        if stages:
+            return f"needs {', '.join(stages)} data, which this store does not have"
+        from lrscan.data import DATASETS
+
+        dataset = tree.attrs["spec"]["sweep"]["dataset"]
+        sets = [s for s in self.sets if s not in DATASETS[dataset].extra_sets]
+        if sets:
+            return f"needs the {', '.join(sets)} evaluation sets, which dataset {dataset!r} does not provide"
+        return None
+
     def applies(self, tree: xr.DataTree) -> bool:
-        return all(stage in tree.children for stage in self.needs)
+        return self.missing(tree) is None
 
     def __call__(self, tree: xr.DataTree, **options) -> xr.Dataset:
         return self.func(tree, **options)
@@ -49,12 +65,13 @@ class Analyzer:
 ANALYZERS: Registry[Analyzer] = Registry("analyzer", "lrscan.analyzers")
 
 
-def analyzer(name: str, *, needs: tuple[str, ...] = ("pretrain",), after: tuple[str, ...] = ()):
-    """Register ``func`` as the analyzer ``name`` (decorator)."""
+def analyzer(name: str, *, needs: tuple[str, ...] = ("pretrain",), after: tuple[str, ...] = (),
+             sets: tuple[str, ...] = ()):
+    """Register ``func`` as the analyzer ``name`` (decorator); see :class:`Analyzer`."""
 
     def register(func: Callable[..., xr.Dataset]) -> Callable[..., xr.Dataset]:
         summary = (func.__doc__ or "").strip().splitlines()[0] if func.__doc__ else ""
-        ANALYZERS.register(name, Analyzer(func, needs, after, summary))
+        ANALYZERS.register(name, Analyzer(func, needs, after, sets, summary))
         return func
 
     return register

@@ -65,15 +65,17 @@ def sparsity_index(feature_acc: xr.DataArray, chance: float = 0.5, noise_floor: 
     return xr.Dataset({"reliance": reliance, "feature_count": count, "sparsity": sparsity})
 
 
-@analyzer("features", needs=("pretrain",))
+@analyzer("features", needs=("pretrain",), sets=(SPLIT,))
 def features(tree: xr.DataTree, noise_floor: float | None = None) -> xr.Dataset:
     """Accuracy of every solution on each single-feature test set, and its sparsity index.
 
     Every solution of :func:`~lrscan.analyze.solutions.solution_weights` (``pt``, each
     ``swa=K``, each ``ft=<flr>``) is scored on the dataset's single-feature test sets (one
-    per feature, in which only that feature is informative) and on the full test set, with
-    one batched evaluation over all (plr, seed, solution). The accuracies are summarised by
-    :func:`sparsity_index`. Solutions whose weights are not finite (diverged runs) get NaN.
+    per feature, in which only that feature is informative) and on the full test set, each
+    split in one batched evaluation over all (plr, seed, solution). :func:`sparsity_index`
+    summarises the accuracies. Solutions whose weights are not finite (diverged runs) get
+    NaN rather than the accuracy of the constant guess a model makes on NaN weights. This
+    runs the model, so the result is computed, not lazy.
 
     Parameters
     ----------

@@ -19,8 +19,8 @@ from lrscan.analyze.solutions import default_pairs, resolve, si_slices, solution
 from lrscan.errors import LrscanError
 from lrscan.registry import closest
 
-# Points per interpolation path (SPEC §5): the synthetic MLP is cheap to probe finely
-# enough with 11, the CNNs use 21.
+# Points per interpolation path, as in the study (SPEC §5): 11 for the synthetic MLP, 21 for
+# the CNNs (and, lacking better knowledge, any other model).
 N_POINTS = {"mlp": 11}
 N_POINTS_DEFAULT = 21
 

@@ -20,13 +20,16 @@ from lrscan.store import open_store
 
 
 def fingerprint(tree: xr.DataTree, name: str, options: dict) -> str:
-    """What a persisted result depends on: the store's identity, the analyzer, its options, lrscan."""
+    """What a persisted result depends on: the store, the analyzer, its options, lrscan, and the
+    persisted results it reads (so it is recomputed when they are)."""
+    stored = tree["analysis"].children if "analysis" in tree.children else {}
     key = {
         "store_created": tree.attrs.get("created"),
         "spec": tree.attrs["spec"],
         "analyzer": name,
         "options": options,
         "lrscan": lrscan.__version__,
+        "inputs": {dep: stored[dep].attrs.get("lrscan_fingerprint") for dep in ANALYZERS[name].after if dep in stored},
     }
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -35,10 +38,9 @@ def plan_analyzers(tree: xr.DataTree, only: Iterable[str] | None = None) -> list
     """The analyzers to run, dependencies first; raises on names or stores that cannot work."""
     names = list(only or [])
     for name in names:
-        entry = ANALYZERS[name]  # unknown names raise with a suggestion
-        missing = [s for s in entry.needs if s not in tree.children]
+        missing = ANALYZERS[name].missing(tree)  # unknown names raise with a suggestion
         if missing:
-            raise LrscanError(f"analyzer {name!r} needs {', '.join(missing)} data, which this store does not have")
+            raise LrscanError(f"analyzer {name!r} {missing}")
     if not names:
         if "finetune" not in tree.children:
             raise LrscanError("the store has no fine-tuning data (finetune_epochs = 0); the study's analyses compare "

@@ -43,11 +43,15 @@ class DatasetEntry:
         (count or list) makes the sweep cross its training seeds with these data seeds.
     validate
         ``validate(options) -> options``: checks option values, raising ``LrscanError``.
+    extra_sets
+        Names of the extra evaluation sets in ``Data.extra`` (analyzers that need one apply
+        only to datasets that provide it).
     """
 
     load: Callable[[Mapping[str, Any], int], Data]
     defaults: Mapping[str, Any] = field(default_factory=dict)
     validate: Callable[[dict[str, Any]], dict[str, Any]] = lambda options: options
+    extra_sets: tuple[str, ...] = ()
 
 
 DATASETS: Registry[DatasetEntry] = Registry("dataset", "lrscan.datasets")
