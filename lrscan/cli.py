@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import sys
@@ -54,16 +55,22 @@ def default_store(preset: str | None, config: str | None) -> Path:
 @click.option("--set", "overrides", metavar="FIELD=VALUE", multiple=True,
               help="Override a spec field, e.g. --set seeds=3 --set data.n_train=256. Repeatable.")
 @click.option("--sequential", is_flag=True, help="Step runs one at a time instead of batched.")
+@click.option("--workers", type=click.IntRange(min=1), metavar="N",
+              help="Run batches on a local dask cluster of N worker processes (one per GPU on a GPU machine).")
+@click.option("--scheduler", metavar="ADDRESS", help="Run batches on an existing dask cluster, e.g. tcp://host:8786.")
 @user_errors
-def train(preset, config, store, overrides, sequential) -> None:
+def train(preset, config, store, overrides, sequential, workers, scheduler) -> None:
     """Pre-train, fine-tune and average every run of a sweep into a store.
 
     Runs already done in the store are skipped: rerunning a finished sweep does nothing,
-    and rerunning an interrupted one finishes it.
+    and rerunning an interrupted one finishes it. Several processes may train one store at
+    once; they split its batches between them.
     """
     from lrscan.spec import load_spec
     from lrscan.train.sweep import Sweep
 
+    if workers and scheduler:
+        raise UserError("give either --workers or --scheduler, not both")
     spec = load_spec(preset, config, overrides)
     path = Path(store) if store else default_store(preset, config)
     # torch.compile on a CPU-only machine warns that it found no CUDA runtime: noise here.
@@ -76,12 +83,12 @@ def train(preset, config, store, overrides, sequential) -> None:
     click.echo(f"training {todo} runs ({sweep.model_steps:,} model-steps) of {spec.model} on {spec.dataset} "
                f"into {path}", err=True)
     start = time.perf_counter()
-    with ProgressDisplay() as display:
+    with ProgressDisplay() as display, cluster_client(workers, scheduler) as client:
         try:
-            counts = sweep.run(progress=display.update)
+            counts = sweep.run(progress=display.update, client=client)
         except KeyboardInterrupt:
             raise UserError("interrupted; finished runs are kept in the store, run the same command to resume") from None
-    trained = ", ".join(f"{n} {stage}" for stage, n in counts.items() if n)
+    trained = ", ".join(f"{n} {stage}" for stage, n in counts.items() if n) or "no (other processes did them)"
     click.echo(f"trained {trained} runs in {time.perf_counter() - start:.1f} s into {path}", err=True)
 
 
@@ -128,6 +135,56 @@ def info(store) -> None:
     from lrscan.summary import summarise
 
     click.echo(summarise(Path(store) if store else default_store(None, None)))
+
+
+@main.command()
+@click.argument("store", required=False)
+@click.option("--fix", is_flag=True, help="Mark missing and corrupted runs as not done, so `lrscan train` redoes them.")
+@user_errors
+def verify(store, fix) -> None:
+    """Re-read every run of a store and check it against the checksum written after it.
+
+    Lists runs that are incomplete, missing or corrupted; exits 1 when there are any.
+    """
+    from lrscan.store import verify as check
+
+    path = Path(store) if store else default_store(None, None)
+    problems = check(path, fix=fix)
+    for problem in problems:
+        click.echo(str(problem))
+    damaged = [p for p in problems if p.kind != "incomplete"]
+    click.echo(f"{path}: {len(problems)} problem runs ({len(damaged)} missing or corrupted"
+               + (", marked to be redone by `lrscan train`)" if fix and damaged else ")"), err=True)
+    if problems:
+        sys.exit(1)
+
+
+@contextlib.contextmanager
+def cluster_client(workers: int | None, scheduler: str | None):
+    """A dask.distributed client for --workers / --scheduler, or None to train in-process."""
+    if not workers and not scheduler:
+        yield None
+        return
+    try:
+        from dask.distributed import Client, LocalCluster
+    except ImportError:
+        raise UserError("--workers / --scheduler need dask.distributed: pip install distributed") from None
+    if scheduler:
+        try:
+            client = Client(scheduler, timeout="10s")
+        except OSError as err:
+            raise UserError(f"cannot reach the dask scheduler at {scheduler}: {err}") from None
+        with client:
+            yield client
+        return
+    import torch
+
+    n_gpus = torch.cuda.device_count()
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                      silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+        if n_gpus and workers > n_gpus:
+            click.echo(f"note: {workers} workers share {n_gpus} GPUs", err=True)
+        yield client
 
 
 @main.command()

@@ -48,6 +48,7 @@ class Spec:
     radius: float | None = None
     device: str = "auto"
     compile: bool = False
+    runs_per_batch: int = 512
     model_options: Mapping[str, Any] = field(default_factory=dict)
     data_options: Mapping[str, Any] = field(default_factory=dict)
 
@@ -241,6 +242,7 @@ def resolve(tables: Mapping[str, Any]) -> Spec:
         radius=float(radius),
         device=_device(get("device")),
         compile=_boolean("compile", get("compile")),
+        runs_per_batch=integer("runs_per_batch", get("runs_per_batch"), minimum=1),
         model_options=model_options,
         data_options=data_options,
     )

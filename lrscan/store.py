@@ -25,6 +25,9 @@ import datetime as _dt
 import json
 import os
 import shutil
+import socket
+import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -103,16 +106,19 @@ def create_or_check(path: str | os.PathLike, plan: Plan, layers: Sequence[Layer]
             return False
     # Build next to the target and rename, so a crash never leaves a half-made store.
     parent = path.parent
+    tmp = parent / f".{path.name}.creating-{os.getpid()}"
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        tmp = parent / f".{path.name}.creating-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         _write_skeleton(tmp, plan, layers)
-        if path.exists():
+        if path.exists() and not any(path.iterdir()):
             path.rmdir()  # an empty directory the user made for us
         tmp.rename(path)
-    except PermissionError as err:
-        raise LrscanError(f"cannot write the store at {path}: {err.strerror}") from None
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if path.is_dir() and (path / "zarr.json").exists():
+            return create_or_check(path, plan, layers)  # another process made it first
+        raise LrscanError(f"cannot write the store at {path}: {err.strerror or err}") from None
     return True
 
 
@@ -180,6 +186,7 @@ def _allocate(path, group, dims, run_coords, time, names, dtype, *, diverged: bo
     encoding = {name: {"_FillValue": np.nan} for name in names}
     run_shape, run_chunks = shape[:-1], (1,) * len(dims)
     data["done"] = (dims, da.zeros(run_shape, dtype=np.uint8, chunks=run_chunks))
+    data["checksum"] = (dims, da.zeros(run_shape, dtype=np.int64, chunks=run_chunks))
     if diverged:
         data["diverged_epoch"] = (dims, da.full(run_shape, np.nan, dtype=np.float64, chunks=run_chunks))
         encoding["diverged_epoch"] = {"_FillValue": np.nan}
@@ -212,6 +219,15 @@ class RunData:
     weights: np.ndarray
     diverged_epoch: float = float("nan")
 
+    def checksum(self, with_divergence: bool = True) -> int:
+        """CRC-32 of the run's values as stored (float32 metrics and weights, float64 divergence)."""
+        crc = zlib.crc32(np.ascontiguousarray(self.weights, dtype=np.float32).tobytes())
+        for name in sorted(self.metrics):
+            crc = zlib.crc32(np.ascontiguousarray(self.metrics[name], dtype=np.float32).tobytes(), crc)
+        if with_divergence:
+            crc = zlib.crc32(np.float64(self.diverged_epoch).tobytes(), crc)
+        return crc
+
 
 class StoreWriter:
     """Region writes of whole runs into an existing store, straight through zarr."""
@@ -235,9 +251,16 @@ class StoreWriter:
         """Write whole runs (metrics, weights, divergence), then mark them done.
 
         All chunk writes of the batch go out concurrently; the ``done`` flags follow only
-        once every data chunk is written, so a flag never points at missing data.
+        once every data chunk is written, so a flag never points at missing data. A failed
+        write (a full disk, say) leaves the runs not done, to be redone by the next train.
         """
-        asyncio.run(self._write_runs(stage, runs))
+        try:
+            asyncio.run(self._write_runs(stage, runs))
+        except OSError as err:
+            raise LrscanError(
+                f"could not write to the store at {self.path}: {err.strerror or err}; runs finished "
+                "before are kept — fix the cause and rerun the same command to resume"
+            ) from err
 
     async def _write_runs(self, stage: str, runs: Sequence[RunData]) -> None:
         group = await zarr.api.asynchronous.open_group(str(self.path), mode="r+")
@@ -247,9 +270,150 @@ class StoreWriter:
         arrays = {name: await metrics.getitem(name) for name in names}
         writes = [weights.setitem(run.index, run.weights) for run in runs]
         writes += [arrays[name].setitem(run.index, values) for run in runs for name, values in run.metrics.items()]
-        if "diverged_epoch" in [key async for key in metrics.keys()]:
+        has_diverged = "diverged_epoch" in [key async for key in metrics.keys()]
+        if has_diverged:
             diverged = await metrics.getitem("diverged_epoch")
             writes += [diverged.setitem(run.index, run.diverged_epoch) for run in runs]
         await asyncio.gather(*writes)
+        # Only once every data chunk is written: the checksum, then the done flag.
+        checksum = await metrics.getitem("checksum")
+        await asyncio.gather(*(checksum.setitem(run.index, run.checksum(has_diverged)) for run in runs))
         done = await metrics.getitem("done")
         await asyncio.gather(*(done.setitem(run.index, 1) for run in runs))
+
+
+# Claims on batches of runs, so that concurrent `lrscan train` processes on one store split
+# the work instead of repeating it. A claim is a file created exclusively; it is stale when
+# its process is gone (same host) or its heartbeat is older than CLAIM_TTL (another host).
+CLAIM_TTL = 600.0
+
+
+def claims_dir(store: str | os.PathLike) -> Path:
+    """Where claims on a store's batches live: beside the store (zarr would take files
+    inside it for broken parts of its hierarchy)."""
+    store = Path(store)
+    return store.parent / f".{store.name}.claims"
+
+
+class Claim:
+    """An exclusive claim on one batch of a stage, held while the batch trains.
+
+    Use as a context manager; ``held`` says whether this process got the claim. A live claim
+    of another process is respected; a stale one (dead process, or no heartbeat for
+    :data:`CLAIM_TTL` seconds) is taken over.
+    """
+
+    def __init__(self, store: str | os.PathLike, stage: str, batch: int):
+        self.path = claims_dir(store) / f"{stage}-{batch}"
+        self.held = False
+
+    def __enter__(self) -> "Claim":
+        self.path.parent.mkdir(exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                if not self._stale():
+                    return self
+                self.path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
+            self.held = True
+            return self
+        return self
+
+    def heartbeat(self) -> None:
+        if self.held:
+            os.utime(self.path)
+
+    def __exit__(self, *exc) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+    def _stale(self) -> bool:
+        try:
+            owner = json.loads(self.path.read_text() or "{}")
+            age = time.time() - self.path.stat().st_mtime
+        except (OSError, ValueError):
+            return False  # being written or just released: look again later
+        if owner.get("host") == socket.gethostname() and "pid" in owner:
+            try:
+                os.kill(owner["pid"], 0)
+            except ProcessLookupError:
+                return True
+            except PermissionError:
+                return False
+            return owner["pid"] == os.getpid()  # our own leftover (e.g. a retried task)
+        return age > CLAIM_TTL
+
+
+RUN_FLAGS = ("done", "checksum", "diverged_epoch")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A run whose stored data cannot be trusted."""
+
+    stage: str
+    index: tuple[int, ...]
+    coords: Mapping[str, float]
+    kind: str  # "incomplete", "missing" or "corrupted"
+    detail: str = ""
+
+    def __str__(self) -> str:
+        where = ", ".join(f"{k}={v:g}" for k, v in self.coords.items())
+        return f"{self.stage} run ({where}): {self.kind}" + (f" ({self.detail})" if self.detail else "")
+
+
+def verify(path: str | os.PathLike, *, fix: bool = False) -> list[Problem]:
+    """Re-read every run of a store and check it against its checksum.
+
+    Parameters
+    ----------
+    path
+        The store.
+    fix
+        Clear the ``done`` flag of missing and corrupted runs, so that the next
+        ``lrscan train`` with the same spec redoes them (and only them).
+
+    Returns
+    -------
+    list of Problem
+        Runs not yet done (``incomplete``), done but without data (``missing``), or whose
+        data does not match the checksum written after it or cannot be read (``corrupted``).
+    """
+    _root_attrs(Path(path))
+    root = zarr.open_group(str(path), mode="r+" if fix else "r")
+    problems = []
+    for stage, dims in RUN_DIMS.items():
+        if f"{stage}/metrics" not in root:
+            continue
+        group = root[f"{stage}/metrics"]
+        weights = root[f"{stage}/weights/weights"]
+        names = [n for n in group.array_keys() if n not in RUN_FLAGS and group[n].ndim > len(dims)]
+        coords = {d: root[f"{stage}/metrics/{d}"][...] for d in dims}
+        done, stored = group["done"][...], group["checksum"][...]
+        has_diverged = "diverged_epoch" in group
+        bad = []
+        for index in np.ndindex(done.shape):
+            where = {d: float(coords[d][i]) for d, i in zip(dims, index)}
+            if not done[index]:
+                problems.append(Problem(stage, index, where, "incomplete"))
+                continue
+            try:
+                run = RunData(index, {n: group[n][index] for n in names}, weights[index],
+                              group["diverged_epoch"][index] if has_diverged else float("nan"))
+            except Exception as err:  # a damaged chunk fails to decode
+                problems.append(Problem(stage, index, where, "corrupted", f"unreadable: {type(err).__name__}"))
+                bad.append(index)
+                continue
+            if run.checksum(has_diverged) != stored[index]:
+                kind = "missing" if np.isnan(run.weights).all() else "corrupted"
+                problems.append(Problem(stage, index, where, kind, "data differs from its checksum"))
+                bad.append(index)
+        if fix:
+            for index in bad:
+                group["done"][index] = 0
+    return problems

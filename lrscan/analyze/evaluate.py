@@ -60,6 +60,11 @@ class Evaluator:
         ``data_index[i]`` is the position of row i's data seed in the store's data seeds (the
         ``seed`` coordinate's ``data_seed`` mapped through ``spec.data_seeds``). Sets with an
         extra leading axis (such as ``single_feature``: one set per feature) give (N, K).
+        Rows with non-finite weights (a diverged or unwritten solution) score NaN: the model
+        would still output a guess for them.
+
+        Constructed points of BatchNorm models need their statistics recomputed before this
+        (SPEC §5); every analysis scores points through here, so that is where it belongs.
         """
         x, y = self.sets[split]
         flat_t = torch.as_tensor(np.asarray(flat), dtype=torch.float32)
@@ -71,11 +76,14 @@ class Evaluator:
                         batched=self.setup.entry.forward_batched is not None)
         if x.dim() == 3:
             loss, acc = engine.evaluate(x, y, which, EVAL_CHUNK)
-            return loss.numpy(), acc.numpy()
-        k = x.shape[1]  # one set per k: fold (D, K) into D*K datasets
-        xs, ys = x.reshape(-1, *x.shape[2:]), y.reshape(-1, y.shape[-1])
-        out = [engine.evaluate(xs, ys, which * k + j, EVAL_CHUNK) for j in range(k)]
-        return (torch.stack([o[0] for o in out], 1).numpy(), torch.stack([o[1] for o in out], 1).numpy())
+        else:
+            k = x.shape[1]  # one set per k: fold (D, K) into D*K datasets, one pass each
+            xs, ys = x.reshape(-1, *x.shape[2:]), y.reshape(-1, y.shape[-1])
+            out = [engine.evaluate(xs, ys, which * k + j, EVAL_CHUNK) for j in range(k)]
+            loss, acc = torch.stack([o[0] for o in out], 1), torch.stack([o[1] for o in out], 1)
+        finite = torch.isfinite(flat_t).all(1).view(-1, *[1] * (loss.dim() - 1))
+        nan = torch.tensor(float("nan"))
+        return torch.where(finite, loss, nan).numpy(), torch.where(finite, acc, nan).numpy()
 
     def data_index(self, tree: xr.DataTree) -> xr.DataArray:
         """Each seed's position among the store's data seeds, along ``seed``."""

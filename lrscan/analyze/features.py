@@ -112,8 +112,6 @@ def features(tree: xr.DataTree, noise_floor: float | None = None) -> xr.Dataset:
     data = evaluator.data_index(tree).broadcast_like(runs).transpose(*runs.dims).values.reshape(-1)
     _, feature_acc = evaluator.evaluate(flat, data, split=SPLIT)
     _, test_acc = evaluator.evaluate(flat, data, split="test")
-    diverged = ~np.isfinite(flat).all(1)
-    feature_acc[diverged], test_acc[diverged] = np.nan, np.nan
 
     n_features, n_single = evaluator.sets[SPLIT][1].shape[-2:]
     chance = 1 / evaluator.setup.data[evaluator.data_seeds[0]].n_classes

@@ -172,15 +172,12 @@ def barriers(tree: xr.DataTree, pairs=None, swa_k: int = 5, n_points: int | None
     flat = evaluator.project(points.values.reshape(-1, points.sizes["param"]))
     data_index = evaluator.data_index(tree).broadcast_like(points.isel(param=0, drop=True))
     data_index = data_index.transpose("plr", "seed", "pair", "alpha").values.ravel()
-    # A path from a diverged or unwritten solution has no error curve (the model would
-    # still output a guess on NaN weights).
-    stored = np.isfinite(flat).all(axis=1)
     out = xr.Dataset(coords={**ends.drop_vars("param").coords, **_pair_coords(ends_a, ends_b), "alpha": alpha})
     # Constructed points of BatchNorm models need their statistics recomputed first (SPEC §5);
     # Evaluator.evaluate is where every constructed point passes, so that is where it goes.
     for split in ("train", "test"):
         _, accuracy = evaluator.evaluate(flat, data_index, split)
-        error = np.where(stored, 100 * (1 - accuracy.astype(np.float64)), np.nan)
+        error = 100 * (1 - accuracy.astype(np.float64))
         out[f"{split}_error"] = xr.DataArray(
             error.reshape(points.shape[:-1]), dims=("plr", "seed", "pair", "alpha"),
             attrs={"units": "%", "description": f"{split} error along the path from pair_a to pair_b"},

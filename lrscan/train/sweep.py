@@ -6,8 +6,10 @@ store does no work and on a partial one finishes it.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -17,7 +19,7 @@ import torch
 from lrscan.data import DATASETS, Data
 from lrscan.models import MODELS
 from lrscan.spec import Spec
-from lrscan.store import RunData, StoreWriter, create_or_check
+from lrscan.store import Claim, RunData, StoreWriter, create_or_check
 from lrscan.train.engine import Engine, layout, project, si_norm, swa_average, to_numpy
 from lrscan.train.loop import EVAL_CHUNK, DeviceData, run_stage, seed_key
 from lrscan.train.plan import Plan
@@ -83,16 +85,24 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+STAGES = ("pretrain", "swa", "finetune")
+# Seconds between looks at batches another process is training.
+POLL = 1.0
+
+
 class Sweep:
     """A checked sweep bound to its store, with the runs it still has to do.
 
     Preparing does all validation and creates (or checks) the store before any training,
-    so every error a user can cause surfaces before work starts.
+    so every error a user can cause surfaces before work starts. Each stage's runs are cut
+    into fixed batches (``runs_per_batch`` runs, fewer when their checkpoints would not fit
+    in memory); a batch is the unit of work, of claims between processes, and of dask tasks.
     """
 
     def __init__(self, spec: Spec, store: str | os.PathLike, *, batched: bool | None = None):
         self.setup = setup = Setup.build(spec)
         self.plan = plan = setup.plan
+        self.store = store
         create_or_check(store, plan, layout(setup.entry, setup.module))
         self.writer = StoreWriter(store)
         self.batched = setup.entry.forward_batched is not None if batched is None else batched
@@ -103,23 +113,32 @@ class Sweep:
         if plan.finetune.n_steps:
             kept["finetune"] = plan.finetune.checkpoint_steps.size
         n_params = sum(p.numel() for p in setup.module.parameters())
-        self.batches = {
-            stage: _pending_batches(self.writer.done(stage), max(1, BATCH_BYTES // (4 * n_params * n)))
+        self.cuts = {
+            stage: _cut(self.writer.done(stage), min(spec.runs_per_batch, max(1, BATCH_BYTES // (4 * n_params * n))))
             for stage, n in kept.items()
         }
+        self.batches = {stage: [b for b in cut if b.todo] for stage, cut in self.cuts.items()}
         self.todo = {stage: [r for b in batches for r in b.todo] for stage, batches in self.batches.items()}
 
     @property
     def model_steps(self) -> int:
         """Model-steps left to train (one step of one run is one model-step)."""
-        return sum(
-            len(batch.runs) * getattr(self.plan, stage).n_steps
-            for stage in ("pretrain", "finetune") for batch in self.batches.get(stage, [])
-        )
+        return sum(self.batch_steps(stage, b) for stage in self.batches for b in self.batches[stage])
 
-    def run(self, progress: Callable[[Progress], None] | None = None) -> dict[str, int]:
-        """Train what is left; returns the number of runs trained per stage."""
-        setup, plan, writer, spec = self.setup, self.plan, self.writer, self.setup.spec
+    def batch_steps(self, stage: str, batch: "Batch") -> int:
+        return len(batch.runs) * getattr(self.plan, stage).n_steps if stage != "swa" else 0
+
+    def run(self, progress: Callable[[Progress], None] | None = None, *, client=None) -> dict[str, int]:
+        """Train what is left; returns the number of runs this call wrote per stage.
+
+        Parameters
+        ----------
+        progress
+            Called with a :class:`Progress` as work advances.
+        client
+            A ``dask.distributed.Client``: batches then run as tasks on its workers (a
+            killed worker's task is retried elsewhere). Default: in this process.
+        """
         total, done = self.model_steps, 0
 
         def report(phase: str) -> Callable[[int], None]:
@@ -130,22 +149,61 @@ class Sweep:
                     progress(Progress(phase, done, total))
             return tick
 
-        for batch in self.batches["pretrain"]:
-            runs = [plan.runs[s] for _, s in batch.runs]
-            start = torch.stack([setup.init_weights(r.train_seed, r.data_seed) for r in runs])
-            _train_batch(setup, writer, "pretrain", batch, start, [spec.plr[p] for p, _ in batch.runs],
-                         self.batched, report("pretrain"))
-        for batch in self.batches.get("swa", []):
-            _swa_batch(setup, writer, batch)
-            report("swa")(0)
-        ft_from = plan.finetune.start
-        for batch in self.batches.get("finetune", []):
-            start = torch.from_numpy(
-                np.stack([writer.read_weights("pretrain", (p, s), [ft_from])[0] for p, _, s in batch.runs])
-            )
-            _train_batch(setup, writer, "finetune", batch, start, [spec.flr[f] for _, f, _ in batch.runs],
-                         self.batched, report("finetune"))
-        return {stage: len(runs) for stage, runs in self.todo.items()}
+        written = {stage: 0 for stage in self.batches}
+        for stage in self.batches:
+            if client is not None:
+                written[stage] = _run_on_cluster(self, stage, client, report(stage))
+                continue
+            pending = list(self.batches[stage])
+            while pending:  # batches claimed by another process are looked at again
+                left = []
+                for batch in pending:
+                    n = self.run_batch(stage, batch, report(stage))
+                    if n is None:
+                        left.append(batch)
+                    else:
+                        written[stage] += n
+                pending = left
+                if pending:
+                    time.sleep(POLL)
+        return written
+
+    def run_batch(self, stage: str, batch: "Batch", tick: Callable[[int], None] | None = None) -> int | None:
+        """Train and write one batch unless it is done or another live process holds it.
+
+        Returns the number of runs this call wrote (0 when the batch was already done), or
+        None when another live process holds the batch.
+        """
+        done = self.writer.done(stage)
+        todo = [r for r in batch.runs if not done[r]]
+        if not todo:
+            return 0
+        with Claim(self.store, stage, batch.index) as claim:
+            if not claim.held:
+                return None
+
+            def beat(n: int) -> None:  # training reports progress: keep the claim fresh too
+                claim.heartbeat()
+                if tick is not None:
+                    tick(n)
+
+            batch = Batch(batch.index, batch.runs, todo)
+            setup, plan, writer, spec = self.setup, self.plan, self.writer, self.setup.spec
+            if stage == "pretrain":
+                runs = [plan.runs[s] for _, s in batch.runs]
+                start = torch.stack([setup.init_weights(r.train_seed, r.data_seed) for r in runs])
+                _train_batch(setup, writer, stage, batch, start, [spec.plr[p] for p, _ in batch.runs],
+                             self.batched, beat)
+            elif stage == "swa":
+                _swa_batch(setup, writer, batch)
+            else:
+                branch = plan.finetune.start
+                start = torch.from_numpy(
+                    np.stack([writer.read_weights("pretrain", (p, s), [branch])[0] for p, _, s in batch.runs])
+                )
+                _train_batch(setup, writer, stage, batch, start, [spec.flr[f] for _, f, _ in batch.runs],
+                             self.batched, beat)
+        return len(todo)
 
 
 def train(
@@ -154,6 +212,7 @@ def train(
     *,
     batched: bool | None = None,
     progress: Callable[[Progress], None] | None = None,
+    client=None,
 ) -> dict[str, int]:
     """Run every run of ``spec`` that the store does not hold yet.
 
@@ -167,33 +226,85 @@ def train(
         Advance runs of one stage together (default: whenever the model allows).
     progress
         Called with a :class:`Progress` as work advances.
+    client
+        A ``dask.distributed.Client`` to run batches on (default: this process).
 
     Returns
     -------
     dict
         Runs trained per stage (0 everywhere for a finished store).
     """
-    return Sweep(spec, store, batched=batched).run(progress)
+    return Sweep(spec, store, batched=batched).run(progress, client=client)
 
 
 @dataclass
 class Batch:
     """Runs trained together: a fixed slice of the stage's runs, and those not yet stored."""
 
+    index: int
     runs: list[tuple[int, ...]]
     todo: list[tuple[int, ...]]
 
 
-def _pending_batches(done: np.ndarray, size: int) -> list[Batch]:
-    """The stage's runs cut into fixed batches, keeping those with runs left to do.
+def _cut(done: np.ndarray, size: int) -> list[Batch]:
+    """The stage's runs cut into fixed batches of ``size``, each with the runs left to do.
 
     The cut does not depend on what is done, so a batch redone after a crash has the same
     runs in the same order as before and reproduces their floats exactly.
     """
     runs = list(itertools.product(*map(range, done.shape)))
-    batches = [Batch(runs[i : i + size], [r for r in runs[i : i + size] if not done[r]])
-               for i in range(0, len(runs), size)]
-    return [b for b in batches if b.todo]
+    return [Batch(i // size, runs[i : i + size], [r for r in runs[i : i + size] if not done[r]])
+            for i in range(0, len(runs), size)]
+
+
+# Sweeps already prepared in this worker process, so that a worker builds data and model once.
+_WORKER_SWEEPS: dict[tuple[str, str], "Sweep"] = {}
+
+
+def _batch_task(spec_tables: dict, store: str, stage: str, index: int, batched: bool, threads: int | None) -> int:
+    """A dask task: train one batch of a sweep (waiting while another process holds it);
+    returns the runs it wrote."""
+    import json
+
+    if threads:
+        torch.set_num_threads(threads)
+    key = (store, json.dumps(spec_tables, sort_keys=True))
+    if key not in _WORKER_SWEEPS:
+        spec = Spec.from_dict(spec_tables)
+        if spec.device in ("auto", "cuda") and torch.cuda.is_available():
+            from dask.distributed import get_worker
+
+            # One GPU per worker: LocalCluster names its workers 0, 1, ...
+            name = get_worker().name
+            gpu = int(name) % torch.cuda.device_count() if str(name).isdigit() else 0
+            spec = dataclasses.replace(spec, device=f"cuda:{gpu}")
+        _WORKER_SWEEPS[key] = Sweep(spec, store, batched=batched)
+    sweep = _WORKER_SWEEPS[key]
+    batch = sweep.cuts[stage][index]
+    while (written := sweep.run_batch(stage, batch)) is None:
+        time.sleep(POLL)
+    return written
+
+
+def _run_on_cluster(sweep: Sweep, stage: str, client, tick: Callable[[int], None]) -> int:
+    """Run a stage's pending batches as dask tasks, retried when a worker dies; returns runs written."""
+    from dask.distributed import as_completed
+
+    spec = sweep.setup.spec
+    tables = spec.to_dict()
+    tables["sweep"]["device"] = spec.device
+    n_workers = len(client.scheduler_info().get("workers", {})) or 1
+    threads = max(1, (os.cpu_count() or 1) // n_workers) if getattr(client.cluster, "workers", None) else None
+    futures = {
+        client.submit(_batch_task, tables, str(sweep.store), stage, batch.index, sweep.batched, threads,
+                      key=f"lrscan-{stage}-{batch.index}-{os.getpid()}-{time.time_ns()}", retries=3, pure=False): batch
+        for batch in sweep.batches[stage]
+    }
+    written = 0
+    for future in as_completed(futures):
+        written += future.result()
+        tick(sweep.batch_steps(stage, futures[future]))
+    return written
 
 
 def _train_batch(setup, writer, stage_name, batch: Batch, start, elr, batched, tick) -> None:

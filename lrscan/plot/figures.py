@@ -1,0 +1,771 @@
+"""The study's figures (SPEC §6) from a store's persisted analyses, as HoloViews objects.
+
+Each figure is a function ``name(tree) -> HoloViews object`` of an opened store
+(:func:`lrscan.open`): it reads the results ``lrscan analyze`` persisted under
+``/analysis/<name>`` (and, for the training curves, the stored metrics) and renders with
+both the Bokeh backend (interactive HTML) and the matplotlib backend (PNG).
+:func:`write_figures` writes every figure a store can show, and an ``index.html`` linking
+them with the store's spec and a summary of its results.
+
+Every panel against PLR puts PLR on a log axis and marks the regimes of the ``regimes``
+analyzer: each PLR's most common regime over seeds is shaded and named at the top, and
+the regime boundaries (geometric mean over seeds) are dashed vertical lines.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+from dataclasses import dataclass
+from itertools import chain
+from pathlib import Path
+from typing import Callable
+
+import holoviews as hv
+import matplotlib
+import numpy as np
+import xarray as xr
+
+from lrscan.analyze.solutions import default_pairs, resolve
+from lrscan.errors import LrscanError
+
+
+def _load_backends() -> None:
+    """Load both plotting backends without changing the one a notebook chose."""
+    current = hv.Store.current_backend
+    hv.renderer("bokeh")
+    hv.renderer("matplotlib")
+    hv.Store.set_current_backend(current)
+
+
+_load_backends()
+
+# Size of one panel: pixels of the PNG at DPI, and of the Bokeh plot.
+PANEL_WIDTH, PANEL_HEIGHT, DPI = 560, 420, 100
+# Barriers are drawn on a log axis, where 0 has no place: values below this (in %) sit on it.
+BARRIER_FLOOR = 0.01
+# The "best PLR range": PLRs whose best fine-tuned accuracy is within this many points of the best.
+BEST_MARGIN = 1.0
+REGIME_COLORS = {"1": "#4C72B0", "2A": "#55A868", "2": "#CCB974", "2B": "#DD8452", "3": "#C44E52"}
+REGIME_NAMES = {"1": "convergence", "2A": "chaotic equilibrium, 2A", "2": "chaotic equilibrium",
+                "2B": "chaotic equilibrium, 2B", "3": "divergence"}
+
+PLR = hv.Dimension("plr", label="PLR (effective learning rate)")
+EPOCH = hv.Dimension("epoch", label="epoch")
+ALPHA = hv.Dimension("alpha", label="α along the path (0 = first solution, 1 = second)")
+TEST_ACC = hv.Dimension("test_acc", label="test accuracy", unit="%")
+TRAIN_LOSS = hv.Dimension("train_loss", label="train loss (cross-entropy)", unit="nats")
+SPREAD = hv.Dimension("spread", label="std", unit="%")
+ANGLE = hv.Dimension("angle", label="angle between solutions", unit="rad")
+TRAIN_BARRIER = hv.Dimension("train_barrier", label="train error barrier", unit="%")
+TEST_BARRIER = hv.Dimension("test_barrier", label="test error barrier", unit="%")
+TRAIN_ERROR = hv.Dimension("train_error", label="train error", unit="%")
+TEST_ERROR = hv.Dimension("test_error", label="test error", unit="%")
+FEATURE_ACC = hv.Dimension("feature_acc", label="single-feature test accuracy", unit="%")
+BAND_ACC = hv.Dimension("band_acc", label="test accuracy on the band", unit="%")
+LOG_NORM = hv.Dimension("log10_norm", label="log10 of channel norm ‖W[i]‖ / ρ")
+CHANNELS = hv.Dimension("channels", label="share of channels", unit="%")
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A figure of the study.
+
+    Attributes
+    ----------
+    func
+        ``func(tree) -> HoloViews object``.
+    needs
+        Analyses (names under ``/analysis``) the figure reads; it is drawn only when the store has them.
+    stages
+        Stages of training (``finetune``, ``swa``) the figure needs besides.
+    title
+        What the figure shows, in the study's words.
+    caption
+        How to read it.
+    """
+
+    func: Callable[[xr.DataTree], hv.core.Dimensioned]
+    needs: tuple[str, ...]
+    title: str
+    caption: str
+    stages: tuple[str, ...] = ()
+
+    def missing(self, tree: xr.DataTree) -> str | None:
+        """Why the store cannot show this figure, or None when it can."""
+        stages = [stage for stage in self.stages if stage not in tree.children]
+        if stages:
+            return f"needs {', '.join(stages)} data, which the store does not have"
+        stored = tree["analysis"].children if "analysis" in tree.children else {}
+        absent = [name for name in self.needs if name not in stored]
+        return f"needs the {', '.join(absent)} analysis, which the store does not have" if absent else None
+
+
+FIGURES: dict[str, Figure] = {}
+
+SHADING = ("Shading: each PLR's most common regime over seeds (1 convergence, 2A / 2B chaotic equilibrium, "
+           "3 divergence); dashed lines: the regime boundaries, geometric mean over seeds.")
+
+
+def figure(name: str, *, needs: tuple[str, ...], title: str, caption: str, stages: tuple[str, ...] = ()):
+    """Register ``func`` as the figure ``name`` (decorator); see :class:`Figure`."""
+
+    def register(func):
+        FIGURES[name] = Figure(func, needs, title, caption, stages)
+        return func
+
+    return register
+
+
+# --- shared helpers -------------------------------------------------------------------------
+
+
+def _style(obj, common: dict | None = None, bokeh: dict | None = None, mpl: dict | None = None):
+    """Set options for both backends (a keyword valid in one only goes to that one)."""
+    common = common or {}
+    obj.opts(**common, **(bokeh or {}), backend="bokeh")
+    obj.opts(**common, **(mpl or {}), backend="matplotlib")
+    return obj
+
+
+def _colors(n: int, cmap: str = "viridis") -> list[str]:
+    """``n`` colours spread over a colormap (its bright yellow end left out: unreadable on white)."""
+    colormap = matplotlib.colormaps[cmap]
+    return [matplotlib.colors.to_hex(colormap(x)) for x in np.linspace(0, 0.85, n)]
+
+
+def _curve(x, y, kdim, vdim, label: str, color: str, dashed: bool = False) -> hv.Overlay:
+    """A line with a marker at every point, so sparse grids read as grids."""
+    curve = _style(hv.Curve((x, y), kdim, vdim, label=label), {"color": color},
+                   {"line_width": 2, "line_dash": "dashed" if dashed else "solid"},
+                   {"linewidth": 2, "linestyle": "--" if dashed else "-"})
+    points = _style(hv.Scatter((x, y), kdim, vdim), {"color": color}, {"size": 5}, {"s": 16})
+    return curve * points
+
+
+def _limits(values, log: bool = False, floor: float | None = None) -> tuple[float, float]:
+    """Axis limits around ``values`` with room at the top for the regime names."""
+    v = np.asarray(values, dtype=float).ravel()
+    v = v[np.isfinite(v)]
+    if floor is not None:
+        v = np.maximum(v, floor)
+    if log:
+        v = np.log10(v[v > 0])
+    lo, hi = (v.min(), v.max()) if v.size else (0.0, 1.0)
+    span = max(hi - lo, 1.0 if log else max(abs(hi), 1.0) * 0.05)
+    lo, hi = lo - 0.05 * span, hi + 0.2 * span
+    return (10**lo, 10**hi) if log else (lo, hi)
+
+
+def _plr_edges(plr: np.ndarray) -> np.ndarray:
+    """Edges of each PLR's cell on a log axis: geometric midpoints, half a step beyond the ends."""
+    log = np.log10(plr)
+    step = np.diff(log).mean() if log.size > 1 else 0.5
+    mid = (log[:-1] + log[1:]) / 2
+    return 10 ** np.concatenate([[log[0] - step / 2], mid, [log[-1] + step / 2]])
+
+
+def _regimes(tree: xr.DataTree) -> xr.Dataset | None:
+    if "analysis" in tree.children and "regimes" in tree["analysis"].children:
+        return tree["analysis/regimes"].to_dataset()[["regime_mode", "boundary_geomean"]].load()
+    return None
+
+
+def regime_spans(tree: xr.DataTree) -> list[tuple[str, float, float]]:
+    """Contiguous runs of PLRs with the same most common regime: (label, start, stop) on the PLR axis.
+
+    Empty when the store has no ``regimes`` analysis.
+    """
+    regimes = _regimes(tree)
+    if regimes is None:
+        return []
+    labels = [str(v) for v in regimes.regime_mode.values]
+    edges = _plr_edges(regimes.plr.values)
+    spans = []
+    for i, label in enumerate(labels):
+        if spans and spans[-1][0] == label:
+            spans[-1] = (label, spans[-1][1], edges[i + 1])
+        else:
+            spans.append((label, edges[i], edges[i + 1]))
+    return spans
+
+
+def regime_marks(tree: xr.DataTree, label_y: float, *, shade: bool = True) -> list:
+    """Elements marking the regimes on a panel against PLR.
+
+    Parameters
+    ----------
+    tree
+        An opened store; without a ``regimes`` analysis there is nothing to mark.
+    label_y
+        Height (in the panel's data units) at which each regime is named.
+    shade
+        Shade each regime's span (off for panels whose data fills the whole area).
+
+    Returns
+    -------
+    list
+        VSpans (when ``shade``), the name of each span, and a dashed VLine at each boundary.
+    """
+    marks = []
+    for label, start, stop in regime_spans(tree):
+        if shade:
+            color = REGIME_COLORS.get(label, "gray")
+            marks.append(_style(hv.VSpan(start, stop), {"alpha": 0.13}, {"color": color, "line_alpha": 0},
+                                {"facecolor": color, "edgecolor": "none"}))
+        text = hv.Text(math.sqrt(start * stop), label_y, label)
+        marks.append(_style(text, {"color": REGIME_COLORS.get(label, "gray")}, {"text_font_size": "11pt"},
+                            {"fontsize": 11}))
+    regimes = _regimes(tree)
+    if regimes is not None:
+        for value in regimes.boundary_geomean.values:
+            if np.isfinite(value):
+                marks.append(_style(hv.VLine(float(value)), {"color": "#555555"},
+                                    {"line_dash": "dashed", "line_width": 1.5},
+                                    {"linestyle": "--", "linewidth": 1.2}))
+    return marks
+
+
+def _vs_plr(tree: xr.DataTree, elements: list, values, *, title: str, ylabel: hv.Dimension,
+            logy: bool = False, floor: float | None = None, shade: bool = True, legend: bool = True,
+            ylim: tuple[float, float] | None = None) -> hv.Overlay:
+    """One panel against PLR on a log axis with the regimes marked; the shared look of every such panel.
+
+    ``values`` are the plotted y values, which set the y range (log when ``logy``, values
+    below ``floor`` counted at the floor), leaving room above for the regime names.
+    """
+    lo, hi = ylim or _limits(values, log=logy, floor=floor)
+    label_y = lo ** 0.07 * hi ** 0.93 if logy else lo + 0.93 * (hi - lo)  # 93% of the way up
+    panel = hv.Overlay([*regime_marks(tree, label_y, shade=shade), *elements])
+    return _panel(panel, title=title, logx=True, logy=logy, ylim=(lo, hi), legend=legend, xlabel=PLR.pprint_label,
+                  ylabel=ylabel.pprint_label)
+
+
+def _panel(panel, *, title: str, legend: bool = True, **plot) -> hv.Overlay:
+    """Size, title and legend of one panel, alike in both backends."""
+    return _style(panel, {"title": title, "show_legend": legend, **plot},
+                  {"width": PANEL_WIDTH, "height": PANEL_HEIGHT, "legend_position": "bottom_right",
+                   "legend_opts": {"label_text_font_size": "8pt", "background_fill_alpha": 0.7}},
+                  {"aspect": "auto", "legend_position": "best",
+                   "legend_opts": {"fontsize": 7, "framealpha": 0.7}})
+
+
+def grid_shape(n_panels: int) -> tuple[int, int]:
+    """(rows, columns) of a figure of ``n_panels`` panels: one row up to three, then two columns."""
+    cols = n_panels if n_panels <= 3 else 2
+    return math.ceil(n_panels / cols), cols
+
+
+def _layout(panels: list, title: str) -> hv.Layout:
+    """Panels side by side (see :func:`grid_shape`), with one title."""
+    rows, cols = grid_shape(len(panels))
+    layout = hv.Layout(panels).cols(cols)
+    return _style(layout, {"title": title}, {"shared_axes": False},
+                  {"sublabel_format": "", "fig_inches": (cols * PANEL_WIDTH / DPI, rows * PANEL_HEIGHT / DPI)})
+
+
+def figure_size(obj) -> tuple[int, int]:
+    """Pixel size (width, height) of the PNG of a figure."""
+    rows, cols = grid_shape(len(obj) if isinstance(obj, hv.Layout) else 1)
+    return cols * PANEL_WIDTH, rows * PANEL_HEIGHT
+
+
+def _analysis(tree: xr.DataTree, name: str, variables: list[str]) -> xr.Dataset:
+    """Some variables of a persisted analysis, loaded (they are one number per run or so)."""
+    if "analysis" not in tree.children or name not in tree["analysis"].children:
+        raise LrscanError(f"the store has no {name} analysis; run `lrscan analyze` first")
+    return tree[f"analysis/{name}"].to_dataset()[variables].load()
+
+
+def solution_name(label: str) -> str:
+    """How a solution label reads in a figure: ``ft=0.001`` -> ``FT (FLR 0.001)``."""
+    kind, _, value = str(label).partition("=")
+    return {"pt": "PT", "ft": f"FT (FLR {value})", "swa": f"SWA (K = {value})"}.get(kind, str(label))
+
+
+def study_solutions(tree: xr.DataTree) -> list[str]:
+    """The solutions the study compares: PT, and the ends of its pairs (FT low/high FLR, SWA)."""
+    pairs = default_pairs(tree) if "finetune" in tree.children else []
+    ends = chain.from_iterable((b, a) for a, b in pairs)  # ft_high, ft_low, then swa
+    return list(dict.fromkeys(["pt", *sorted(set(ends), key=_solution_order)]))
+
+
+def _solution_order(label: str) -> tuple:
+    kind, _, value = label.partition("=")
+    return {"pt": 0, "swa": 1, "ft": 2}.get(kind, 3), float(value or 0)
+
+
+def _percent(values: xr.DataArray) -> np.ndarray:
+    return 100 * np.asarray(values, dtype=float)
+
+
+# --- the figures ----------------------------------------------------------------------------
+
+
+@figure("pt_accuracy", needs=("metrics",), title="PT test accuracy vs PLR",
+        caption="Test accuracy of pre-training with a constant PLR, averaged over the logged epochs of the last "
+                "window of pre-training and over seeds; the band is ± one standard deviation over those epochs "
+                "and seeds, the dots are the seeds' own means. " + SHADING)
+def pt_accuracy(tree: xr.DataTree) -> hv.Overlay:
+    """PT test accuracy against PLR: mean ± std over the last pre-training epochs and seeds.
+
+    Parameters
+    ----------
+    tree
+        An opened store with the ``metrics`` analysis.
+
+    Returns
+    -------
+    hv.Overlay
+        Curve of ``test_acc`` (%) over ``plr``, a Spread of ± std, a Scatter per seed, regime marks.
+    """
+    m = _analysis(tree, "metrics", ["pt_test_acc_mean", "pt_test_acc_std"])
+    plr = m.plr.values
+    mean = m.pt_test_acc_mean.mean("seed")
+    # The std over every (seed, epoch) of the window: within-seed variance plus that of the seed means.
+    std = np.sqrt((m.pt_test_acc_std**2 + (m.pt_test_acc_mean - mean) ** 2).mean("seed"))
+    acc, spread = _percent(mean), _percent(std)
+    band = _style(hv.Spread((plr, acc, spread), PLR, [TEST_ACC, SPREAD], label="± std"),
+                  {"color": "#4C72B0", "alpha": 0.25}, {"line_alpha": 0})
+    seeds = _style(hv.Scatter((np.repeat(plr, m.sizes["seed"]), _percent(m.pt_test_acc_mean).ravel()),
+                              PLR, TEST_ACC, label="seeds"), {"color": "#222222", "alpha": 0.5},
+                   {"size": 4}, {"s": 9})
+    mean_curve = _curve(plr, acc, PLR, TEST_ACC, f"mean over the last {m.attrs.get('window', 20):g} epochs",
+                        "#4C72B0")
+    return _vs_plr(tree, [band, seeds, mean_curve], np.concatenate([acc - spread, acc + spread]),
+                   title="PT test accuracy vs PLR", ylabel=TEST_ACC)
+
+
+def _per_value(tree: xr.DataTree, acc: xr.DataArray, dim: str, name: Callable[[float], str],
+               title: str) -> hv.Overlay:
+    """Seed-mean accuracy against PLR, one curve per value of ``dim``, with the PT accuracy for reference."""
+    pt = _percent(_analysis(tree, "metrics", ["pt_test_acc_mean"]).pt_test_acc_mean.mean("seed"))
+    mean = acc.mean("seed").transpose(dim, "plr")
+    plr = mean.plr.values
+    curves = [_curve(plr, _percent(row), PLR, TEST_ACC, name(value), color)
+              for value, row, color in zip(mean[dim].values, mean.values, _colors(mean.sizes[dim]))]
+    reference = _curve(plr, pt, PLR, TEST_ACC, "PT", "#888888", dashed=True)
+    return _vs_plr(tree, [reference, *curves], np.concatenate([_percent(mean).ravel(), pt]),
+                   title=title, ylabel=TEST_ACC)
+
+
+@figure("ft_accuracy", needs=("metrics",), stages=("finetune",), title="FT test accuracy per FLR vs PLR",
+        caption="Final test accuracy after fine-tuning each pre-trained model with every FLR (mean over seeds), "
+                "next to the PT accuracy (grey, dashed). " + SHADING)
+def ft_accuracy(tree: xr.DataTree) -> hv.Overlay:
+    """FT test accuracy (%) against PLR, one curve per FLR, mean over seeds."""
+    if "finetune" not in tree.children:
+        raise LrscanError("the store has no fine-tuning data (finetune_epochs = 0)")
+    acc = _analysis(tree, "metrics", ["ft_test_acc"]).ft_test_acc
+    return _per_value(tree, acc, "flr", lambda flr: f"FLR {flr:.3g}", "FT test accuracy per FLR vs PLR")
+
+
+@figure("swa_accuracy", needs=("metrics",), stages=("swa",), title="SWA test accuracy per K vs PLR",
+        caption="Test accuracy of the average of the last K pre-training checkpoints (mean over seeds), next to "
+                "the PT accuracy (grey, dashed). " + SHADING)
+def swa_accuracy(tree: xr.DataTree) -> hv.Overlay:
+    """SWA test accuracy (%) against PLR, one curve per window size K, mean over seeds."""
+    if "swa" not in tree.children:
+        raise LrscanError("the store has no SWA solutions (swa is empty)")
+    acc = _analysis(tree, "metrics", ["swa_test_acc"]).swa_test_acc
+    return _per_value(tree, acc, "swa", lambda k: f"K = {k:g}", "SWA test accuracy per K vs PLR")
+
+
+def pair_name(pair: str) -> str:
+    """How a pair label reads: ``ft=0.001~ft=0.01`` -> ``FT (FLR 0.001) ↔ FT (FLR 0.01)``."""
+    a, _, b = str(pair).partition("~")
+    return f"{solution_name(a)} ↔ {solution_name(b)}"
+
+
+def _pair_panel(tree: xr.DataTree, values: xr.DataArray, dim: hv.Dimension, title: str, *,
+                floor: float | None = None, legend: bool = False) -> hv.Overlay:
+    """Seed-mean of a per-pair quantity against PLR, one curve per pair."""
+    mean = values.mean("seed").transpose("pair", "plr")
+    shown = np.maximum(mean.values, floor) if floor is not None else mean.values
+    curves = [_curve(mean.plr.values, row, PLR, dim, pair_name(pair), color)
+              for pair, row, color in zip(mean.pair.values, shown, _colors(mean.sizes["pair"], "plasma"))]
+    return _vs_plr(tree, curves, shown, title=title, ylabel=dim, logy=floor is not None, floor=floor, legend=legend)
+
+
+@figure("geometry", needs=("angles", "barriers"), title="Geometry of the solutions vs PLR",
+        caption="Angle (radians; π/2 means unrelated) between the SI weight vectors of two solutions of one "
+                "pre-trained model, and the train and test error barriers (%) on the straight path between them, "
+                f"on a log axis where a barrier below {BARRIER_FLOOR:g}% (including 0) is drawn at "
+                f"{BARRIER_FLOOR:g}%. Mean over seeds. " + SHADING)
+def geometry(tree: xr.DataTree) -> hv.Layout:
+    """Angle (rad), train barrier and test barrier (%, log axis) against PLR, one curve per pair.
+
+    Returns
+    -------
+    hv.Layout
+        Three panels: ``angle``, ``train_barrier`` and ``test_barrier`` over ``plr``.
+    """
+    angle = _analysis(tree, "angles", ["angle"]).angle
+    barriers = _analysis(tree, "barriers", ["train_barrier", "test_barrier"])
+    return _layout([
+        _pair_panel(tree, angle, ANGLE, "Angle between solutions", legend=True),
+        _pair_panel(tree, barriers.train_barrier, TRAIN_BARRIER, "Train error barrier", floor=BARRIER_FLOOR),
+        _pair_panel(tree, barriers.test_barrier, TEST_BARRIER, "Test error barrier", floor=BARRIER_FLOOR),
+    ], "Geometry of the solutions vs PLR")
+
+
+def _per_solution(tree: xr.DataTree, result: xr.Dataset, panel: Callable[[xr.Dataset, str], list],
+                  values: Callable[[xr.Dataset], np.ndarray], ylabel: hv.Dimension, title: str,
+                  chance: float) -> hv.Layout:
+    """One panel per solution the study compares (PT, SWA, FT low, FT high) with a chance line."""
+    solutions = [s for s in study_solutions(tree) if s in set(map(str, result.solution.values))]
+    panels = []
+    for i, solution in enumerate(solutions):
+        part = result.sel(solution=solution)
+        chance_line = _style(hv.HLine(100 * chance), {"color": "#888888"}, {"line_dash": "dotted"},
+                             {"linestyle": ":"})
+        panels.append(_vs_plr(tree, [chance_line, *panel(part, solution)], values(result), title=solution_name(solution),
+                              ylabel=ylabel, legend=i == len(solutions) - 1))
+    return _layout(panels, title)
+
+
+@figure("features", needs=("features",), title="Sorted single-feature accuracies vs PLR",
+        caption="Accuracy of a solution on each single-feature test set (only that feature informative), sorted "
+                "in descending order per run and averaged over seeds; colour: the rank, 1 being the feature the "
+                "solution relies on most. Black, dashed: accuracy on the full test set; dotted: chance. " + SHADING)
+def features(tree: xr.DataTree) -> hv.Layout:
+    """Sorted single-feature accuracies (%) against PLR, a line per rank, a panel per solution.
+
+    Returns
+    -------
+    hv.Layout
+        A panel per solution (PT, SWA, FT low FLR, FT high FLR): a Path of ``feature_acc``
+        over ``plr`` for each ``rank``, and the full test accuracy.
+    """
+    result = _analysis(tree, "features", ["sorted_acc_mean", "test_acc"])
+    rank = hv.Dimension("rank", label="rank (1 = most relied on)")
+
+    def curves(part: xr.Dataset, solution: str) -> list:
+        plr = part.plr.values
+        lines = [{"plr": plr, "feature_acc": _percent(part.sorted_acc_mean.sel(rank=r)), "rank": r}
+                 for r in part["rank"].values]
+        ranks = _style(hv.Path(lines, [PLR, FEATURE_ACC], [rank]),
+                       {"color": "rank", "cmap": "viridis", "colorbar": True}, {"line_width": 2}, {"linewidth": 1.5})
+        full = _curve(plr, _percent(part.test_acc.mean("seed")), PLR, FEATURE_ACC, "full test set", "#000000",
+                      dashed=True)
+        return [ranks, full]
+
+    def values(result: xr.Dataset) -> np.ndarray:
+        return np.concatenate([_percent(result.sorted_acc_mean).ravel(), _percent(result.test_acc).ravel(), [50]])
+
+    chance = tree["analysis/features"].attrs.get("chance", 0.5)
+    return _per_solution(tree, result, curves, values, FEATURE_ACC, "Sorted single-feature accuracies vs PLR", chance)
+
+
+@figure("frequency", needs=("frequency",), title="Test accuracy per frequency band vs PLR",
+        caption="Accuracy on the band-limited test sets (only the frequencies of one band kept, SPEC §5), mean "
+                "over seeds; dotted: chance. " + SHADING)
+def frequency(tree: xr.DataTree) -> hv.Layout:
+    """Accuracy (%) per frequency band against PLR, one panel per solution (PT, SWA, FT low, FT high).
+
+    Reads ``test_acc(plr, seed, solution, band)`` of the ``frequency`` analysis (image setups),
+    with an optional ``chance`` attribute.
+    """
+    result = _analysis(tree, "frequency", ["test_acc"])
+    colors = _colors(result.sizes["band"], "plasma")
+
+    def curves(part: xr.Dataset, solution: str) -> list:
+        mean = part.test_acc.mean("seed")
+        return [_curve(mean.plr.values, _percent(mean.sel(band=b)), PLR, BAND_ACC, f"band {b}", c)
+                for b, c in zip(mean.band.values, colors)]
+
+    def values(result: xr.Dataset) -> np.ndarray:
+        return _percent(result.test_acc.mean("seed")).ravel()
+
+    chance = tree["analysis/frequency"].attrs.get("chance", 0.1)
+    return _per_solution(tree, result, curves, values, BAND_ACC, "Test accuracy per frequency band vs PLR", chance)
+
+
+@figure("group_norms", needs=("group_norms",), title="Weight-group norm histograms",
+        caption="Norms of every output channel of every SI tensor over the radius ρ at the end of pre-training, "
+                "log10. Left: each PLR's histogram as a column (share of channels, all seeds pooled), with the "
+                "regime boundaries dashed and the regimes named. Right: the histograms of one PLR per regime. "
+                "Large PLRs in regime 3 spread the norms over orders of magnitude.")
+def group_norms(tree: xr.DataTree) -> hv.Layout:
+    """Histograms of log10 channel norm / ρ: against PLR as a colour map, and for one PLR per regime.
+
+    Returns
+    -------
+    hv.Layout
+        A QuadMesh of ``channels`` (%) over (``plr``, ``log10_norm``), and an overlay of
+        Histograms of chosen PLRs.
+    """
+    result = _analysis(tree, "group_norms", ["histogram"])
+    edges = np.asarray(tree["analysis/group_norms"].attrs["bin_edges"])
+    counts = result.histogram.sum("seed").transpose("plr", "bin")
+    share = 100 * counts / counts.sum("bin")
+    plr = share.plr.values
+    mesh = _style(hv.QuadMesh((_plr_edges(plr), edges, share.values.T), [PLR, LOG_NORM], CHANNELS),
+                  {"cmap": "Blues", "colorbar": True})
+    overview = _vs_plr(tree, [mesh], edges, title="Channel norms vs PLR", ylabel=LOG_NORM, shade=False,
+                       ylim=(edges[0], edges[-1] + 0.15 * (edges[-1] - edges[0])), legend=False)
+    chosen = _representatives(tree, plr)
+    histograms = [_style(hv.Histogram((edges, share.sel(plr=p).values), kdims=[LOG_NORM], vdims=[CHANNELS], label=f"PLR {p:.3g}"),
+                         {"color": c, "alpha": 0.45})
+                  for p, c in zip(chosen, _colors(len(chosen), "plasma"))]
+    one_per_regime = _panel(hv.Overlay(histograms), title="Channel norms at one PLR per regime")
+    return _layout([overview, one_per_regime], "Weight-group norm histograms")
+
+
+def _representatives(tree: xr.DataTree, plr: np.ndarray) -> list[float]:
+    """One PLR from the middle of each regime span (the smallest, middle and largest without regimes)."""
+    spans = regime_spans(tree)
+    if not spans:
+        return sorted({float(plr[0]), float(plr[len(plr) // 2]), float(plr[-1])})
+    return [float(plr[(plr >= start) & (plr < stop)][((plr >= start) & (plr < stop)).sum() // 2])
+            for _, start, stop in spans]
+
+
+@figure("training_curves", needs=(), title="Training curves",
+        caption="Train loss (log axis) and test accuracy of pre-training with each PLR (solid) and of fine-tuning "
+                "from it with the lowest FLR (dashed), mean over seeds, against epochs since the start of "
+                "pre-training; colour: log10 of the PLR.")
+def training_curves(tree: xr.DataTree, flr: float | None = None) -> hv.Layout:
+    """Train loss and test accuracy against epoch, coloured by PLR: PT solid, FT dashed.
+
+    Parameters
+    ----------
+    tree
+        An opened store.
+    flr
+        The FLR of the fine-tuning curves (default: the lowest).
+
+    Returns
+    -------
+    hv.Layout
+        Two panels: ``train_loss`` (log axis) and ``test_acc`` (%) over ``epoch``.
+    """
+    stages = [(tree["pretrain/metrics"].to_dataset(), False)]
+    if "finetune" in tree.children:
+        ft = tree["finetune/metrics"].to_dataset()
+        stages.append((ft.sel(flr=float(ft.flr.min()) if flr is None else flr, method="nearest"), True))
+    means = [(stage[["train_loss", "test_acc"]].mean("seed").load(), dashed) for stage, dashed in stages]
+    log_plr = hv.Dimension("log10_plr", label="log10 PLR")
+    panels = []
+    for name, dim, log in (("train_loss", TRAIN_LOSS, True), ("test_acc", TEST_ACC, False)):
+        paths = []
+        for mean, dashed in means:
+            # A loss of exactly 0 has no place on the log axis.
+            y = np.maximum(mean[name].transpose("plr", "epoch").values, 1e-8) if log else _percent(mean[name])
+            lines = [{"epoch": mean.epoch.values, name: row, "log10_plr": np.log10(plr)}
+                     for plr, row in zip(mean.plr.values, y)]
+            paths.append(_style(hv.Path(lines, [EPOCH, dim], [log_plr]), {"color": "log10_plr", "cmap": "viridis",
+                                                                           "colorbar": not dashed},
+                                {"line_width": 1.5, "line_dash": "dashed" if dashed else "solid"},
+                                {"linewidth": 1.2, "linestyle": "--" if dashed else "-"}))
+        panels.append(_panel(hv.Overlay(paths), title=dim.label[0].upper() + dim.label[1:], logy=log,
+                             ylabel=dim.pprint_label))
+    suffix = f" (FT with FLR {float(stages[1][0].flr):.3g} dashed)" if len(stages) > 1 else ""
+    return _layout(panels, "Training curves" + suffix)
+
+
+# --- writing --------------------------------------------------------------------------------
+
+
+def summary(tree: xr.DataTree) -> str:
+    """One paragraph on the results: best PLR range, convergence threshold, best FT/SWA accuracy.
+
+    The *best PLR range* is the PLRs whose best fine-tuned test accuracy (over FLRs, mean over
+    seeds) is within ``BEST_MARGIN`` points of the best, or of the PT accuracy without fine-tuning.
+    """
+    spec = tree.attrs["spec"]
+    sweep = spec["sweep"]
+    plr = np.asarray(sweep["plr"])
+    n_seeds = len(sweep["seeds"]) * len(spec["data"].get("seeds", [0]))
+    parts = [f"{sweep['model']} on {sweep['dataset']}: {len(plr)} PLRs from {plr.min():.3g} to {plr.max():.3g}, "
+             f"{len(sweep['flr'])} FLRs, {n_seeds} seeds."]
+    metrics = _analysis(tree, "metrics", [v for v in ("pt_test_acc_mean", "ft_test_acc", "swa_test_acc")
+                                          if v in tree["analysis/metrics"].data_vars])
+    if "ft_test_acc" in metrics:
+        ft = metrics.ft_test_acc.mean("seed")
+        per_plr = ft.max("flr")
+        best = ft.where(ft == ft.max(), drop=True)
+        parts.append(f"Best fine-tuned test accuracy {100 * float(ft.max()):.1f}% "
+                     f"(PLR {float(best.plr[0]):.3g}, FLR {float(best.flr[0]):.3g}).")
+    else:
+        per_plr = metrics.pt_test_acc_mean.mean("seed")
+    if "swa_test_acc" in metrics:
+        swa = metrics.swa_test_acc.mean("seed")
+        best = swa.where(swa == swa.max(), drop=True)
+        parts.append(f"Best SWA test accuracy {100 * float(swa.max()):.1f}% "
+                     f"(PLR {float(best.plr[0]):.3g}, K = {int(best.swa[0])}).")
+    near = per_plr.plr.values[(per_plr >= per_plr.max() - BEST_MARGIN / 100).values]
+    if near.size:
+        parts.append(f"Best PLR range (within {BEST_MARGIN:g} point of the best{' fine-tuned' if 'ft_test_acc' in metrics else ''} "
+                     f"accuracy): {near.min():.3g} to {near.max():.3g}.")
+    parts.append(_regime_summary(tree))
+    return " ".join(p for p in parts if p)
+
+
+def _regime_summary(tree: xr.DataTree) -> str:
+    if not ("analysis" in tree.children and "regimes" in tree["analysis"].children):
+        return "No regimes analysis yet."
+    regimes = tree["analysis/regimes"].to_dataset()[["boundary_log10_mean", "boundary_log10_std"]].load()
+    threshold = regimes.sel(boundary="1|2")
+    if np.isfinite(threshold.boundary_log10_mean):
+        text = (f"Convergence threshold (1|2 boundary) at PLR {10 ** float(threshold.boundary_log10_mean):.3g} "
+                f"(log10 {float(threshold.boundary_log10_mean):.2f} ± {float(threshold.boundary_log10_std):.2f} "
+                f"over seeds).")
+    else:
+        text = "No seed crosses the convergence threshold (1|2 boundary) within the PLR grid."
+    spans = [f"{label} ({REGIME_NAMES.get(label, label)}) {_span_text(tree, start, stop)}"
+             for label, start, stop in regime_spans(tree)]
+    return text + " Regimes by PLR: " + "; ".join(spans) + "."
+
+
+def _span_text(tree: xr.DataTree, start: float, stop: float) -> str:
+    plr = np.asarray(tree.attrs["spec"]["sweep"]["plr"])
+    inside = plr[(plr >= start) & (plr < stop)]
+    return f"at {inside[0]:.3g}" if inside.size == 1 else f"from {inside.min():.3g} to {inside.max():.3g}"
+
+
+def save_html(obj, path: str | os.PathLike, title: str, caption: str) -> Path:
+    """Write a figure as a standalone HTML page: Bokeh, its JavaScript inline, so it loads nothing.
+
+    The page is put together here rather than by ``bokeh.io.save``, whose resources also list
+    the external files of every model class an imported package registered (Panel's module
+    shim, a path relative to a Panel server), which a standalone page cannot load.
+    """
+    from bokeh.embed import components
+    from bokeh.resources import Resources
+
+    script, div = components(hv.render(obj, backend="bokeh"))
+    resources = Resources(mode="inline", components=["bokeh", "bokeh-widgets"])  # a layout title is a Div
+    code = "\n".join(f"<script>{js}</script>" for js in resources.js_raw)
+    style = "\n".join(f"<style>{css}</style>" for css in resources.css_raw)
+    Path(path).write_text(f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+{code}
+{style}
+<style>body{{font-family:sans-serif;margin:1em 2em;color:#222}} p{{max-width:{2 * PANEL_WIDTH}px}}</style>
+</head><body><h1>{html.escape(title)}</h1><p>{html.escape(caption)}</p>
+{div}
+{script}
+</body></html>
+""", encoding="utf-8")
+    return Path(path)
+
+
+def save_png(obj, path: str | os.PathLike) -> Path:
+    """Write a figure as a PNG (matplotlib, Agg) of exactly :func:`figure_size` pixels.
+
+    Each panel is drawn into its cell of one constrained-layout figure, which fits titles,
+    labels and colour bars into the fixed size (HoloViews' own matplotlib layouts do not).
+    """
+    from matplotlib.figure import Figure as MplFigure
+
+    panels = list(obj) if isinstance(obj, hv.Layout) else [obj]
+    rows, cols = grid_shape(len(panels))
+    width, height = figure_size(obj)
+    # A bare Figure, not pyplot: no GUI backend, no global figure list; savefig draws with Agg.
+    fig = MplFigure(figsize=(width / DPI, height / DPI), dpi=DPI, layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    renderer = hv.renderer("matplotlib")
+    for axis, panel in zip(axes, panels):
+        _colorbars_to_layout(renderer.get_plot(panel, fig=fig, axis=axis), fig, axis)
+    for axis in axes[len(panels):]:
+        axis.set_visible(False)
+    if isinstance(obj, hv.Layout):
+        fig.suptitle(obj.opts.get(backend="matplotlib").kwargs.get("title", ""))
+    fig.savefig(str(path), dpi=DPI, facecolor="white")
+    return Path(path)
+
+
+def _colorbars_to_layout(plot, fig, axis) -> None:
+    """HoloViews places a colour bar by hand beside its axes; hand it to the constrained layout instead."""
+    for sub in [plot, *(getattr(plot, "subplots", None) or {}).values()]:
+        cbar = sub.handles.get("cbar")
+        if cbar is not None:
+            label = cbar.ax.get_ylabel()
+            cbar.ax.remove()
+            fig.colorbar(sub.handles["artist"], ax=axis, label=label)
+
+
+@dataclass(frozen=True)
+class Written:
+    """What :func:`write_figures` wrote: the index page, each figure's files, and what it skipped and why."""
+
+    index: Path
+    figures: dict[str, tuple[Path, Path]]
+    skipped: dict[str, str]
+
+
+def write_figures(tree: xr.DataTree, out: str | os.PathLike, store_name: str = "") -> Written:
+    """Write every figure the store can show as ``<name>.html`` and ``<name>.png``, and ``index.html``.
+
+    Parameters
+    ----------
+    tree
+        An opened store with analyses (``lrscan analyze``).
+    out
+        Directory to write into (created).
+    store_name
+        How the index names the store (e.g. its path).
+
+    Returns
+    -------
+    Written
+        The index path, ``{name: (html, png)}``, and ``{name: reason}`` for figures skipped.
+
+    Raises
+    ------
+    LrscanError
+        If the store has no analyses yet.
+    """
+    if "analysis" not in tree.children:
+        raise LrscanError(f"the store {store_name or ''} has no analyses yet; run `lrscan analyze "
+                          f"{store_name or 'STORE'}` first".replace("  ", " "))
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise LrscanError(f"cannot write figures to {out}: {err.strerror}") from None
+    written, skipped = {}, {}
+    for name, fig in FIGURES.items():
+        reason = fig.missing(tree)
+        if reason:
+            skipped[name] = reason
+            continue
+        obj = fig.func(tree)
+        written[name] = (save_html(obj, out / f"{name}.html", fig.title, fig.caption), save_png(obj, out / f"{name}.png"))
+    index = out / "index.html"
+    index.write_text(_index_page(tree, store_name, written, skipped), encoding="utf-8")
+    return Written(index, written, skipped)
+
+
+def _index_page(tree: xr.DataTree, store_name: str, written: dict, skipped: dict) -> str:
+    """The index: summary, a section per figure (thumbnail, caption, links), skipped figures, the spec."""
+    sections = []
+    for name, (page, png) in written.items():
+        fig = FIGURES[name]
+        sections.append(
+            f"<section><h2>{html.escape(fig.title)}</h2><p>{html.escape(fig.caption)}</p>"
+            f"<a href='{page.name}'><img src='{png.name}' alt='{html.escape(fig.title)}'></a>"
+            f"<p><a href='{page.name}'>interactive ({page.name})</a> · <a href='{png.name}'>image ({png.name})</a>"
+            f"</p></section>")
+    missing = "".join(f"<li>{html.escape(FIGURES[n].title)}: {html.escape(r)}</li>" for n, r in skipped.items())
+    spec_rows = "".join(
+        f"<tr><th>{html.escape(table)}.{html.escape(key)}</th><td>{html.escape(json.dumps(value))}</td></tr>"
+        for table, fields in tree.attrs["spec"].items() for key, value in fields.items())
+    title = f"lrscan figures: {store_name}" if store_name else "lrscan figures"
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}}
+section{{margin:2em 0}} img{{border:1px solid #ddd;max-width:100%}} th{{text-align:left;padding-right:1em;font-weight:normal;
+color:#555}} td{{font-family:monospace}}</style></head>
+<body><h1>{html.escape(title)}</h1>
+<p id="summary">{html.escape(summary(tree))}</p>
+{''.join(sections)}
+{f'<h2>Not drawn</h2><ul>{missing}</ul>' if missing else ''}
+<h2>Spec</h2><p>created {html.escape(str(tree.attrs.get('created', '')))}, lrscan {html.escape(str(tree.attrs.get('lrscan_version', '')))}</p>
+<table>{spec_rows}</table>
+</body></html>
+"""
+
