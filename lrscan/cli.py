@@ -72,7 +72,7 @@ def train(preset, config, store, overrides, sequential, workers, scheduler) -> N
     if workers and scheduler:
         raise UserError("give either --workers or --scheduler, not both")
     spec = load_spec(preset, config, overrides)
-    path = Path(store) if store else default_store(preset, config)
+    path = store or default_store(preset, config)
     # torch.compile on a CPU-only machine warns that it found no CUDA runtime: noise here.
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     sweep = Sweep(spec, path, batched=False if sequential else None)
@@ -96,8 +96,11 @@ def train(preset, config, store, overrides, sequential, workers, scheduler) -> N
 @click.argument("store", required=False)
 @click.option("--only", "only", metavar="NAME", multiple=True,
               help="Run only this analyzer (repeatable); see `lrscan analyzers`.")
+@click.option("--workers", type=click.IntRange(min=1), metavar="N",
+              help="Compute the lazy analyses on a local dask cluster of N worker processes.")
+@click.option("--scheduler", metavar="ADDRESS", help="Compute them on an existing dask cluster.")
 @user_errors
-def analyze(store, only) -> None:
+def analyze(store, only, workers, scheduler) -> None:
     """Compute every analysis that applies to a finished store, into /analysis/<name>.
 
     Results already stored for the same store and options are kept, so a second run
@@ -105,14 +108,17 @@ def analyze(store, only) -> None:
     """
     from lrscan.analyze.run import analyze as run_analysis
 
-    path = Path(store) if store else default_store(None, None)
+    path = store or default_store(None, None)
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     start = time.perf_counter()
 
     def show(name: str, status: str, seconds: float) -> None:
         click.echo(f"{name:12s} {status}" + (f" in {seconds:.1f} s" if status == "computed" else ""), err=True)
 
-    status = run_analysis(path, only or None, progress=show)
+    if workers and scheduler:
+        raise UserError("give either --workers or --scheduler, not both")
+    with cluster_client(workers, scheduler):  # dask sends lazy work to the active client
+        status = run_analysis(path, only or None, progress=show)
     computed = sum(s == "computed" for s in status.values())
     click.echo(f"{computed} of {len(status)} analyses computed in {time.perf_counter() - start:.1f} s; "
                f"results under {path}/analysis", err=True)
@@ -134,7 +140,7 @@ def info(store) -> None:
     """Summarise what a store holds and how much of its sweep is done."""
     from lrscan.summary import summarise
 
-    click.echo(summarise(Path(store) if store else default_store(None, None)))
+    click.echo(summarise(store or default_store(None, None)))
 
 
 @main.command()
@@ -148,7 +154,7 @@ def verify(store, fix) -> None:
     """
     from lrscan.store import verify as check
 
-    path = Path(store) if store else default_store(None, None)
+    path = store or default_store(None, None)
     problems = check(path, fix=fix)
     for problem in problems:
         click.echo(str(problem))

@@ -36,6 +36,7 @@ import dask.array as da
 import numpy as np
 import torch
 import xarray as xr
+import fsspec
 import zarr
 import zarr.api.asynchronous
 
@@ -53,18 +54,29 @@ SWA_METRICS = ("train_loss", "train_acc", "test_loss", "test_acc", "weight_norm"
 WEIGHT_CHUNK_BYTES = 8 << 20
 
 
+def _fs(store: str | os.PathLike) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The filesystem of a store location (a local path or any fsspec URL) and its root there."""
+    return fsspec.core.url_to_fs(str(store))
+
+
+def is_local(store: str | os.PathLike) -> bool:
+    """Whether a store lives on the local filesystem (where files can be created exclusively)."""
+    protocol = _fs(store)[0].protocol
+    return "file" in (protocol if isinstance(protocol, tuple) else (protocol,))
+
+
 def open_store(path: str | os.PathLike) -> xr.DataTree:
     """Open a store lazily: every variable is a dask array, nothing is read until computed."""
-    _require_store(Path(path))
+    _require_store(path)
     return xr.open_datatree(str(path), engine="zarr", chunks={}, consolidated=False)
 
 
 def read_spec(path: str | os.PathLike) -> Spec:
     """The resolved spec a store was made from."""
-    return Spec.from_dict(_root_attrs(Path(path))["spec"])
+    return Spec.from_dict(_root_attrs(path)["spec"])
 
 
-def _root_attrs(path: Path) -> dict:
+def _root_attrs(path: str | os.PathLike) -> dict:
     _require_store(path)
     attrs = zarr.open_group(str(path), mode="r").attrs.asdict()
     schema = attrs.get("lrscan_schema")
@@ -75,10 +87,11 @@ def _root_attrs(path: Path) -> dict:
     return attrs
 
 
-def _require_store(path: Path) -> None:
-    if not path.exists():
+def _require_store(path: str | os.PathLike) -> None:
+    fs, root = _fs(path)
+    if not fs.exists(root):
         raise LrscanError(f"no store at {path}; run `lrscan train --store {path}` first")
-    if not path.is_dir() or not (path / "zarr.json").exists():
+    if not fs.isdir(root) or not fs.exists(f"{root}/zarr.json"):
         raise LrscanError(f"{path} is not an lrscan store (no zarr.json)")
     attrs = zarr.open_group(str(path), mode="r").attrs
     if "lrscan_schema" not in attrs:
@@ -89,13 +102,16 @@ def create_or_check(path: str | os.PathLike, plan: Plan, layers: Sequence[Layer]
     """Make the store for a plan, or check that an existing one was made from the same spec.
 
     Returns True when a new store was created.  An existing store made from another spec is
-    refused with an error naming the fields that differ, and is left untouched.
+    refused with an error naming the fields that differ, and is left untouched.  A crash
+    never leaves a half-made store behind: a local store is built beside its place and
+    renamed into it (so concurrent creators agree on one); on other filesystems the root's
+    attributes, which mark it as an lrscan store, are written last.
     """
-    path = Path(path)
-    if path.exists():
-        if path.is_file():
+    fs, root = _fs(path)
+    if fs.exists(root):
+        if fs.isfile(root):
             raise LrscanError(f"store path {path} is a file, not a directory")
-        if any(path.iterdir()) or (path / "zarr.json").exists():
+        if fs.ls(root):
             old = read_spec(path)
             diff = old.differences(plan.spec)
             if diff:
@@ -104,13 +120,18 @@ def create_or_check(path: str | os.PathLike, plan: Plan, layers: Sequence[Layer]
                     "use another --store, or delete this one to start over"
                 )
             return False
-    # Build next to the target and rename, so a crash never leaves a half-made store.
-    parent = path.parent
-    tmp = parent / f".{path.name}.creating-{os.getpid()}"
+    if not is_local(path):
+        try:
+            _write_skeleton(str(path), plan, layers)
+        except OSError as err:
+            raise LrscanError(f"cannot write the store at {path}: {err.strerror or err}") from None
+        return True
+    path = Path(root)
+    tmp = path.parent / f".{path.name}.creating-{os.getpid()}"
     try:
-        parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
-        _write_skeleton(tmp, plan, layers)
+        _write_skeleton(str(tmp), plan, layers)
         if path.exists() and not any(path.iterdir()):
             path.rmdir()  # an empty directory the user made for us
         tmp.rename(path)
@@ -122,19 +143,17 @@ def create_or_check(path: str | os.PathLike, plan: Plan, layers: Sequence[Layer]
     return True
 
 
-def _write_skeleton(path: Path, plan: Plan, layers: Sequence[Layer]) -> None:
+def _write_skeleton(path: str, plan: Plan, layers: Sequence[Layer]) -> None:
     spec = plan.spec
-    root = zarr.open_group(str(path), mode="w-", zarr_format=3)
-    root.attrs.update(
-        {
-            "lrscan_schema": SCHEMA_VERSION,
-            "lrscan_version": lrscan.__version__,
-            "torch_version": torch.__version__,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "steps_per_epoch": plan.steps_per_epoch,
-            "spec": json.loads(json.dumps(spec.to_dict())),
-        }
-    )
+    root = zarr.open_group(path, mode="w-", zarr_format=3)
+    attrs = {
+        "lrscan_schema": SCHEMA_VERSION,
+        "lrscan_version": lrscan.__version__,
+        "torch_version": torch.__version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "steps_per_epoch": plan.steps_per_epoch,
+        "spec": json.loads(json.dumps(spec.to_dict())),
+    }
     n_params = layers[-1].stop
     table = xr.Dataset(
         {
@@ -171,6 +190,8 @@ def _write_skeleton(path: Path, plan: Plan, layers: Sequence[Layer]) -> None:
         ks = {"swa": ("swa", np.array(sorted(plan.swa_steps)))}
         _allocate(path, "swa/metrics", RUN_DIMS["swa"], run_coords, ks, SWA_METRICS, np.float32, diverged=False)
         _allocate_weights(path, "swa/weights", RUN_DIMS["swa"], run_coords, ks, n_params)
+    # Last: these attributes are what makes the directory an lrscan store.
+    root.attrs.update(attrs)
 
 
 def _coords(dims, run_coords, extra) -> dict:
@@ -233,8 +254,8 @@ class StoreWriter:
     """Region writes of whole runs into an existing store, straight through zarr."""
 
     def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        self.root = zarr.open_group(str(self.path), mode="r+")
+        self.path = str(path)
+        self.root = zarr.open_group(self.path, mode="r+")
 
     def done(self, stage: str) -> np.ndarray:
         """Completion flags of a stage's runs (shape of its run dims)."""
@@ -263,7 +284,7 @@ class StoreWriter:
             ) from err
 
     async def _write_runs(self, stage: str, runs: Sequence[RunData]) -> None:
-        group = await zarr.api.asynchronous.open_group(str(self.path), mode="r+")
+        group = await zarr.api.asynchronous.open_group(self.path, mode="r+")
         metrics = await group.getitem(f"{stage}/metrics")
         weights = await group.getitem(f"{stage}/weights/weights")
         names = sorted({name for run in runs for name in run.metrics})
@@ -300,14 +321,20 @@ class Claim:
 
     Use as a context manager; ``held`` says whether this process got the claim. A live claim
     of another process is respected; a stale one (dead process, or no heartbeat for
-    :data:`CLAIM_TTL` seconds) is taken over.
+    :data:`CLAIM_TTL` seconds) is taken over. Stores that are not on a local filesystem
+    (object storage has no exclusive create) are not claimed: there, one dask scheduler
+    hands out each batch once.
     """
 
     def __init__(self, store: str | os.PathLike, stage: str, batch: int):
-        self.path = claims_dir(store) / f"{stage}-{batch}"
+        self.local = is_local(store)
+        self.path = claims_dir(_fs(store)[1] if self.local else "remote") / f"{stage}-{batch}"
         self.held = False
 
     def __enter__(self) -> "Claim":
+        if not self.local:
+            self.held = True
+            return self
         self.path.parent.mkdir(exist_ok=True)
         for _ in range(2):
             try:
@@ -324,13 +351,13 @@ class Claim:
         return self
 
     def heartbeat(self) -> None:
-        if self.held:
+        if self.held and self.local:
             os.utime(self.path)
 
     def __exit__(self, *exc) -> None:
-        if self.held:
+        if self.held and self.local:
             self.path.unlink(missing_ok=True)
-            self.held = False
+        self.held = False
 
     def _stale(self) -> bool:
         try:
@@ -384,7 +411,7 @@ def verify(path: str | os.PathLike, *, fix: bool = False) -> list[Problem]:
         Runs not yet done (``incomplete``), done but without data (``missing``), or whose
         data does not match the checksum written after it or cannot be read (``corrupted``).
     """
-    _root_attrs(Path(path))
+    _root_attrs(path)
     root = zarr.open_group(str(path), mode="r+" if fix else "r")
     problems = []
     for stage, dims in RUN_DIMS.items():

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
-
+import fsspec
 import numpy as np
 import zarr
 
@@ -12,8 +11,9 @@ from lrscan.store import _root_attrs
 from lrscan.spec import Spec
 
 
-def _size(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+def _size(path: str | os.PathLike) -> int:
+    fs, root = fsspec.core.url_to_fs(str(path))
+    return fs.du(root)
 
 
 def _grid(values) -> str:
@@ -37,7 +37,6 @@ def stage_status(path: str | os.PathLike) -> dict[str, tuple[int, int, int]]:
 
 def summarise(path: str | os.PathLike) -> str:
     """Describe a store in a few lines (the output of ``lrscan info``)."""
-    path = Path(path)
     attrs = _root_attrs(path)
     spec = Spec.from_dict(attrs["spec"])
     status = stage_status(path)

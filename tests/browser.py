@@ -26,7 +26,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 WINDOW = (1400, 1000)
 
-_cache: dict[str, Path] = {}
+_cache: dict = {}
 
 
 def analyzed_store(tmp_path_factory) -> Path:
@@ -39,15 +39,17 @@ def analyzed_store(tmp_path_factory) -> Path:
     return _cache["store"]
 
 
-def written_figures(tmp_path_factory) -> Path:
-    """The figures of :func:`analyzed_store`, written once per test session; returns the directory."""
+def written_figures(tmp_path_factory):
+    """``lrscan plot`` of :func:`analyzed_store`, run once per test session: (output directory, click result)."""
     if "figures" not in _cache:
-        import lrscan
-        from lrscan.plot import write_figures
+        from click.testing import CliRunner
+
+        from lrscan.plot.commands import plot
 
         out = tmp_path_factory.mktemp("figures")
-        write_figures(lrscan.open(analyzed_store(tmp_path_factory)), out)
-        _cache["figures"] = out
+        result = CliRunner().invoke(plot, [str(analyzed_store(tmp_path_factory)), "--out", str(out)],
+                                    catch_exceptions=False)
+        _cache["figures"] = (out, result)
     return _cache["figures"]
 
 

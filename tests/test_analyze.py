@@ -110,7 +110,17 @@ def test_analyze_writes_only_under_analysis(small_spec, tmp_path, digest):
     analyze(path, ["metrics", "angles"])
     assert {p: digest(path / p) for p in training} == training
     assert (path / "zarr.json").read_bytes() == root
-    assert not list((path / "analysis").glob(".*"))  # no half-written leftovers
+    tree = lrscan.open(path)
+    assert all("lrscan_fingerprint" in node.attrs for node in tree["analysis"].children.values())
+
+
+def test_an_analysis_cut_short_is_redone(analyzed):
+    import zarr
+
+    group = zarr.open_group(str(analyzed), path="analysis/metrics", mode="r+")
+    del group.attrs["lrscan_fingerprint"]  # as if the process died while writing it
+    assert analyze(analyzed, ["metrics"]) == {"metrics": "computed"}
+    assert "lrscan_fingerprint" in zarr.open_group(str(analyzed), path="analysis/metrics").attrs
 
 
 def test_cli_analyze_and_bad_input(small_overrides, tmp_path):

@@ -86,6 +86,8 @@ def test_info_on_a_partial_store_and_finishing_it(small_overrides, small_spec, t
         (["--set", "model=resnet"], r"unknown model 'resnet'"),
         (["--set", "data.n_trian=5"], r"did you mean 'n_train'"),
         (["--set", "oops"], r"--set expects FIELD=VALUE"),
+        (["--set", "batch_size=abc"], r"batch_size must be a whole number, got 'abc'"),
+        (["--set", "plr=fast"], r"plr must be a list of numbers, got 'fast'"),
         (["--preset", "nope"], r"unknown preset 'nope'"),
     ],
 )

@@ -194,3 +194,32 @@ def test_the_store_holds_no_pickles(reference):
         doc = json.loads(text)
         if doc.get("node_type") == "array":
             assert doc["data_type"] in {"float32", "float64", "int64", "uint8", "bool", "string"}, meta
+
+
+def test_a_store_at_an_fsspec_url(reference):
+    """Any fsspec URL works as a store location; here the in-memory filesystem."""
+    url = "memory://lrscan-test/sweep.zarr"
+    assert train(load_spec(overrides=SPLIT), url) == {"pretrain": 4, "swa": 4, "finetune": 8}
+    assert train(load_spec(overrides=SPLIT), url) == {"pretrain": 0, "swa": 0, "finetune": 0}
+    assert verify(url) == []
+    tree = lrscan.open(url)
+    np.testing.assert_array_equal(tree["finetune/weights"]["weights"].values,
+                                  lrscan.open(reference)["finetune/weights"]["weights"].values)
+    from lrscan.analyze.run import analyze
+    from lrscan.summary import summarise
+
+    assert analyze(url, ["metrics"]) == {"metrics": "computed"}
+    assert "status    complete" in summarise(url)
+
+
+def test_analyze_on_a_local_cluster_matches_in_process(reference, tmp_path):
+    import xarray as xr
+
+    path = tmp_path / "a.zarr"
+    shutil.copytree(reference, path)
+    result = CliRunner().invoke(main, ["analyze", str(path), "--workers", "2", "--only", "angles",
+                                       "--only", "metrics"])
+    assert result.exit_code == 0, result.output
+    tree = lrscan.open(path)
+    xr.testing.assert_allclose(tree["analysis/angles"].to_dataset().load().drop_attrs(),
+                               tree.lrscan.angles().compute().drop_attrs())

@@ -5,12 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import time
-from pathlib import Path
 from typing import Callable, Iterable
 
 import xarray as xr
+import zarr
 
 import lrscan
 from lrscan.analyze import ANALYZERS
@@ -70,8 +69,8 @@ def analyze(
     """Compute and persist analyzers over a finished store.
 
     Results already stored for the same store, options and lrscan version are kept as
-    they are. Training data is never written: results go to ``/analysis/<name>`` only,
-    each written beside its final place and moved there once complete.
+    they are. Training data is never written: results go to ``/analysis/<name>`` only, and
+    each is marked complete (its fingerprint) after its data.
 
     Parameters
     ----------
@@ -87,26 +86,23 @@ def analyze(
     dict
         Status of each analyzer run.
     """
-    path = Path(store)
-    tree = open_store(path)
+    tree = open_store(store)
     require_complete(tree)
     status = {}
     for name in plan_analyzers(tree, only):
         start = time.perf_counter()
         key = fingerprint(tree, name, {})
-        target = path / "analysis" / name
-        if "analysis" in tree.children and name in tree["analysis"].children and \
-                tree[f"analysis/{name}"].attrs.get("lrscan_fingerprint") == key:
+        stored = tree["analysis"].children if "analysis" in tree.children else {}
+        if name in stored and stored[name].attrs.get("lrscan_fingerprint") == key:
             status[name] = "up to date"
         else:
             result = ANALYZERS[name](tree)
-            result.attrs = {**result.attrs, "lrscan_analyzer": name, "lrscan_fingerprint": key}
-            tmp = path / "analysis" / f".{name}.writing"
-            shutil.rmtree(tmp, ignore_errors=True)
-            result.to_zarr(str(path), group=f"analysis/.{name}.writing", mode="w", consolidated=False, zarr_format=3)
-            shutil.rmtree(target, ignore_errors=True)
-            tmp.rename(target)
-            tree = open_store(path)  # later analyzers may read this result
+            result.attrs = {**result.attrs, "lrscan_analyzer": name}
+            group = f"analysis/{name}"
+            result.to_zarr(str(store), group=group, mode="w", consolidated=False, zarr_format=3)
+            # The fingerprint goes last: a result cut short by a crash has none and is redone.
+            zarr.open_group(str(store), path=group, mode="r+").attrs["lrscan_fingerprint"] = key
+            tree = open_store(store)  # later analyzers may read this result
             status[name] = "computed"
         if progress is not None:
             progress(name, status[name], time.perf_counter() - start)

@@ -122,7 +122,7 @@ def figure(name: str, *, needs: tuple[str, ...], title: str, caption: str, stage
 # --- shared helpers -------------------------------------------------------------------------
 
 
-def _style(obj, common: dict | None = None, bokeh: dict | None = None, mpl: dict | None = None):
+def style(obj, common: dict | None = None, bokeh: dict | None = None, mpl: dict | None = None):
     """Set options for both backends (a keyword valid in one only goes to that one)."""
     common = common or {}
     obj.opts(**common, **(bokeh or {}), backend="bokeh")
@@ -130,19 +130,37 @@ def _style(obj, common: dict | None = None, bokeh: dict | None = None, mpl: dict
     return obj
 
 
-def _colors(n: int, cmap: str = "viridis") -> list[str]:
+def colors(n: int, cmap: str = "viridis") -> list[str]:
     """``n`` colours spread over a colormap (its bright yellow end left out: unreadable on white)."""
     colormap = matplotlib.colormaps[cmap]
     return [matplotlib.colors.to_hex(colormap(x)) for x in np.linspace(0, 0.85, n)]
 
 
-def _curve(x, y, kdim, vdim, label: str, color: str, dashed: bool = False) -> hv.Overlay:
+def curve(x, y, kdim, vdim, label: str, color: str, dashed: bool = False) -> hv.Overlay:
     """A line with a marker at every point, so sparse grids read as grids."""
-    curve = _style(hv.Curve((x, y), kdim, vdim, label=label), {"color": color},
-                   {"line_width": 2, "line_dash": "dashed" if dashed else "solid"},
-                   {"linewidth": 2, "linestyle": "--" if dashed else "-"})
-    points = _style(hv.Scatter((x, y), kdim, vdim), {"color": color}, {"size": 5}, {"s": 16})
-    return curve * points
+    line = style(hv.Curve((x, y), kdim, vdim, label=label), {"color": color},
+                 {"line_width": 2, "line_dash": "dashed" if dashed else "solid"},
+                 {"linewidth": 2, "linestyle": "--" if dashed else "-"})
+    points = style(hv.Scatter((x, y), kdim, vdim), {"color": color}, {"size": 5}, {"s": 16})
+    return line * points
+
+
+def colored_lines(x, ys, values, kdims: list[hv.Dimension], color: hv.Dimension, cmap: str = "viridis",
+                  dashed: bool = False, colorbar: bool = True) -> hv.Segments:
+    """One line per row of ``ys`` over ``x``, coloured by its entry of ``values`` on a colour bar.
+
+    Drawn as one element of segments rather than one curve per line: HoloViews' cost is per
+    element, and figures have a line per feature rank or per PLR.
+    """
+    x, ys = np.asarray(x, dtype=float), np.asarray(ys, dtype=float)
+    n = ys.shape[0]
+    table = (np.tile(x[:-1], n), ys[:, :-1].ravel(), np.tile(x[1:], n), ys[:, 1:].ravel(),
+             np.repeat(np.asarray(values, dtype=float), x.size - 1))
+    ends = [hv.Dimension(f"{d.name}_end") for d in kdims]
+    segments = hv.Segments(table, [*kdims, *ends], [color])
+    return style(segments, {"color": color.name, "cmap": cmap, "colorbar": colorbar},
+                 {"line_width": 1.5, "line_dash": "dashed" if dashed else "solid"},
+                 {"linewidth": 1.2, "linestyle": "--" if dashed else "-"})
 
 
 def _limits(values, log: bool = False, floor: float | None = None) -> tuple[float, float]:
@@ -213,43 +231,57 @@ def regime_marks(tree: xr.DataTree, label_y: float, *, shade: bool = True) -> li
     for label, start, stop in regime_spans(tree):
         if shade:
             color = REGIME_COLORS.get(label, "gray")
-            marks.append(_style(hv.VSpan(start, stop), {"alpha": 0.13}, {"color": color, "line_alpha": 0},
+            marks.append(style(hv.VSpan(start, stop), {"alpha": 0.13}, {"color": color, "line_alpha": 0},
                                 {"facecolor": color, "edgecolor": "none"}))
         text = hv.Text(math.sqrt(start * stop), label_y, label)
-        marks.append(_style(text, {"color": REGIME_COLORS.get(label, "gray")}, {"text_font_size": "11pt"},
+        marks.append(style(text, {"color": REGIME_COLORS.get(label, "gray")}, {"text_font_size": "11pt"},
                             {"fontsize": 11}))
     regimes = _regimes(tree)
     if regimes is not None:
         for value in regimes.boundary_geomean.values:
             if np.isfinite(value):
-                marks.append(_style(hv.VLine(float(value)), {"color": "#555555"},
+                marks.append(style(hv.VLine(float(value)), {"color": "#555555"},
                                     {"line_dash": "dashed", "line_width": 1.5},
                                     {"linestyle": "--", "linewidth": 1.2}))
     return marks
 
 
-def _vs_plr(tree: xr.DataTree, elements: list, values, *, title: str, ylabel: hv.Dimension,
-            logy: bool = False, floor: float | None = None, shade: bool = True, legend: bool = True,
-            ylim: tuple[float, float] | None = None) -> hv.Overlay:
-    """One panel against PLR on a log axis with the regimes marked; the shared look of every such panel.
+def vs_plr(tree: xr.DataTree, elements: list, values, *, title: str, ylabel: hv.Dimension,
+           logy: bool = False, floor: float | None = None, shade: bool = True, legend: bool = True,
+           ylim: tuple[float, float] | None = None) -> hv.Overlay:
+    """One panel against PLR on a log axis with the regimes marked: the look every such panel shares.
 
-    ``values`` are the plotted y values, which set the y range (log when ``logy``, values
-    below ``floor`` counted at the floor), leaving room above for the regime names.
+    Parameters
+    ----------
+    tree
+        The store (its PLR grid sets the x range, its ``regimes`` analysis the marks).
+    elements
+        What the panel plots.
+    values
+        The plotted y values, which set the y range with room above for the regime names.
+    title, ylabel
+        The panel's title and y dimension.
+    logy, floor
+        A log y axis, on which values below ``floor`` are counted at the floor.
+    shade, legend
+        Shade the regimes; show the legend.
+    ylim
+        A y range instead of the one ``values`` give.
     """
     lo, hi = ylim or _limits(values, log=logy, floor=floor)
     label_y = lo ** 0.07 * hi ** 0.93 if logy else lo + 0.93 * (hi - lo)  # 93% of the way up
+    edges = _plr_edges(np.asarray(tree.attrs["spec"]["sweep"]["plr"]))
     panel = hv.Overlay([*regime_marks(tree, label_y, shade=shade), *elements])
-    return _panel(panel, title=title, logx=True, logy=logy, ylim=(lo, hi), legend=legend, xlabel=PLR.pprint_label,
-                  ylabel=ylabel.pprint_label)
+    return framed(panel, title=title, logx=True, logy=logy, xlim=(edges[0], edges[-1]), ylim=(lo, hi),
+                  legend=legend, xlabel=PLR.pprint_label, ylabel=ylabel.pprint_label)
 
 
-def _panel(panel, *, title: str, legend: bool = True, **plot) -> hv.Overlay:
+def framed(panel, *, title: str, legend: bool = True, **plot) -> hv.Overlay:
     """Size, title and legend of one panel, alike in both backends."""
-    return _style(panel, {"title": title, "show_legend": legend, **plot},
-                  {"width": PANEL_WIDTH, "height": PANEL_HEIGHT, "legend_position": "bottom_right",
-                   "legend_opts": {"label_text_font_size": "8pt", "background_fill_alpha": 0.7}},
-                  {"aspect": "auto", "legend_position": "best",
-                   "legend_opts": {"fontsize": 7, "framealpha": 0.7}})
+    return style(panel, {"title": title, "show_legend": legend, **plot},
+                 {"width": PANEL_WIDTH, "height": PANEL_HEIGHT, "legend_position": "bottom_right",
+                  "legend_opts": {"label_text_font_size": "8pt", "background_fill_alpha": 0.7}},
+                 {"aspect": "auto", "legend_position": "best", "legend_opts": {"fontsize": 7, "framealpha": 0.7}})
 
 
 def grid_shape(n_panels: int) -> tuple[int, int]:
@@ -262,7 +294,7 @@ def _layout(panels: list, title: str) -> hv.Layout:
     """Panels side by side (see :func:`grid_shape`), with one title."""
     rows, cols = grid_shape(len(panels))
     layout = hv.Layout(panels).cols(cols)
-    return _style(layout, {"title": title}, {"shared_axes": False},
+    return style(layout, {"title": title}, {"shared_axes": False},
                   {"sublabel_format": "", "fig_inches": (cols * PANEL_WIDTH / DPI, rows * PANEL_HEIGHT / DPI)})
 
 
@@ -297,7 +329,7 @@ def _solution_order(label: str) -> tuple:
     return {"pt": 0, "swa": 1, "ft": 2}.get(kind, 3), float(value or 0)
 
 
-def _percent(values: xr.DataArray) -> np.ndarray:
+def percent(values: xr.DataArray) -> np.ndarray:
     return 100 * np.asarray(values, dtype=float)
 
 
@@ -326,28 +358,28 @@ def pt_accuracy(tree: xr.DataTree) -> hv.Overlay:
     mean = m.pt_test_acc_mean.mean("seed")
     # The std over every (seed, epoch) of the window: within-seed variance plus that of the seed means.
     std = np.sqrt((m.pt_test_acc_std**2 + (m.pt_test_acc_mean - mean) ** 2).mean("seed"))
-    acc, spread = _percent(mean), _percent(std)
-    band = _style(hv.Spread((plr, acc, spread), PLR, [TEST_ACC, SPREAD], label="± std"),
+    acc, spread = percent(mean), percent(std)
+    band = style(hv.Spread((plr, acc, spread), PLR, [TEST_ACC, SPREAD], label="± std"),
                   {"color": "#4C72B0", "alpha": 0.25}, {"line_alpha": 0})
-    seeds = _style(hv.Scatter((np.repeat(plr, m.sizes["seed"]), _percent(m.pt_test_acc_mean).ravel()),
+    seeds = style(hv.Scatter((np.repeat(plr, m.sizes["seed"]), percent(m.pt_test_acc_mean).ravel()),
                               PLR, TEST_ACC, label="seeds"), {"color": "#222222", "alpha": 0.5},
                    {"size": 4}, {"s": 9})
-    mean_curve = _curve(plr, acc, PLR, TEST_ACC, f"mean over the last {m.attrs.get('window', 20):g} epochs",
+    mean_curve = curve(plr, acc, PLR, TEST_ACC, f"mean over the last {m.attrs.get('window', 20):g} epochs",
                         "#4C72B0")
-    return _vs_plr(tree, [band, seeds, mean_curve], np.concatenate([acc - spread, acc + spread]),
+    return vs_plr(tree, [band, seeds, mean_curve], np.concatenate([acc - spread, acc + spread]),
                    title="PT test accuracy vs PLR", ylabel=TEST_ACC)
 
 
 def _per_value(tree: xr.DataTree, acc: xr.DataArray, dim: str, name: Callable[[float], str],
                title: str) -> hv.Overlay:
     """Seed-mean accuracy against PLR, one curve per value of ``dim``, with the PT accuracy for reference."""
-    pt = _percent(_analysis(tree, "metrics", ["pt_test_acc_mean"]).pt_test_acc_mean.mean("seed"))
+    pt = percent(_analysis(tree, "metrics", ["pt_test_acc_mean"]).pt_test_acc_mean.mean("seed"))
     mean = acc.mean("seed").transpose(dim, "plr")
     plr = mean.plr.values
-    curves = [_curve(plr, _percent(row), PLR, TEST_ACC, name(value), color)
-              for value, row, color in zip(mean[dim].values, mean.values, _colors(mean.sizes[dim]))]
-    reference = _curve(plr, pt, PLR, TEST_ACC, "PT", "#888888", dashed=True)
-    return _vs_plr(tree, [reference, *curves], np.concatenate([_percent(mean).ravel(), pt]),
+    curves = [curve(plr, percent(row), PLR, TEST_ACC, name(value), color)
+              for value, row, color in zip(mean[dim].values, mean.values, colors(mean.sizes[dim]))]
+    reference = curve(plr, pt, PLR, TEST_ACC, "PT", "#888888", dashed=True)
+    return vs_plr(tree, [reference, *curves], np.concatenate([percent(mean).ravel(), pt]),
                    title=title, ylabel=TEST_ACC)
 
 
@@ -384,9 +416,9 @@ def _pair_panel(tree: xr.DataTree, values: xr.DataArray, dim: hv.Dimension, titl
     """Seed-mean of a per-pair quantity against PLR, one curve per pair."""
     mean = values.mean("seed").transpose("pair", "plr")
     shown = np.maximum(mean.values, floor) if floor is not None else mean.values
-    curves = [_curve(mean.plr.values, row, PLR, dim, pair_name(pair), color)
-              for pair, row, color in zip(mean.pair.values, shown, _colors(mean.sizes["pair"], "plasma"))]
-    return _vs_plr(tree, curves, shown, title=title, ylabel=dim, logy=floor is not None, floor=floor, legend=legend)
+    curves = [curve(mean.plr.values, row, PLR, dim, pair_name(pair), color)
+              for pair, row, color in zip(mean.pair.values, shown, colors(mean.sizes["pair"], "plasma"))]
+    return vs_plr(tree, curves, shown, title=title, ylabel=dim, logy=floor is not None, floor=floor, legend=legend)
 
 
 @figure("geometry", needs=("angles", "barriers"), title="Geometry of the solutions vs PLR",
@@ -419,9 +451,9 @@ def _per_solution(tree: xr.DataTree, result: xr.Dataset, panel: Callable[[xr.Dat
     panels = []
     for i, solution in enumerate(solutions):
         part = result.sel(solution=solution)
-        chance_line = _style(hv.HLine(100 * chance), {"color": "#888888"}, {"line_dash": "dotted"},
+        chance_line = style(hv.HLine(100 * chance), {"color": "#888888"}, {"line_dash": "dotted"},
                              {"linestyle": ":"})
-        panels.append(_vs_plr(tree, [chance_line, *panel(part, solution)], values(result), title=solution_name(solution),
+        panels.append(vs_plr(tree, [chance_line, *panel(part, solution)], values(result), title=solution_name(solution),
                               ylabel=ylabel, legend=i == len(solutions) - 1))
     return _layout(panels, title)
 
@@ -436,24 +468,22 @@ def features(tree: xr.DataTree) -> hv.Layout:
     Returns
     -------
     hv.Layout
-        A panel per solution (PT, SWA, FT low FLR, FT high FLR): a Path of ``feature_acc``
-        over ``plr`` for each ``rank``, and the full test accuracy.
+        A panel per solution (PT, SWA, FT low FLR, FT high FLR): lines (Segments) of
+        ``feature_acc`` over ``plr`` coloured by ``rank``, and the full test accuracy.
     """
     result = _analysis(tree, "features", ["sorted_acc_mean", "test_acc"])
     rank = hv.Dimension("rank", label="rank (1 = most relied on)")
 
     def curves(part: xr.Dataset, solution: str) -> list:
         plr = part.plr.values
-        lines = [{"plr": plr, "feature_acc": _percent(part.sorted_acc_mean.sel(rank=r)), "rank": r}
-                 for r in part["rank"].values]
-        ranks = _style(hv.Path(lines, [PLR, FEATURE_ACC], [rank]),
-                       {"color": "rank", "cmap": "viridis", "colorbar": True}, {"line_width": 2}, {"linewidth": 1.5})
-        full = _curve(plr, _percent(part.test_acc.mean("seed")), PLR, FEATURE_ACC, "full test set", "#000000",
+        sorted_acc = part.sorted_acc_mean.transpose("rank", "plr")
+        ranks = colored_lines(plr, percent(sorted_acc), sorted_acc["rank"].values, [PLR, FEATURE_ACC], rank)
+        full = curve(plr, percent(part.test_acc.mean("seed")), PLR, FEATURE_ACC, "full test set", "#000000",
                       dashed=True)
         return [ranks, full]
 
     def values(result: xr.Dataset) -> np.ndarray:
-        return np.concatenate([_percent(result.sorted_acc_mean).ravel(), _percent(result.test_acc).ravel(), [50]])
+        return np.concatenate([percent(result.sorted_acc_mean).ravel(), percent(result.test_acc).ravel(), [50]])
 
     chance = tree["analysis/features"].attrs.get("chance", 0.5)
     return _per_solution(tree, result, curves, values, FEATURE_ACC, "Sorted single-feature accuracies vs PLR", chance)
@@ -469,15 +499,15 @@ def frequency(tree: xr.DataTree) -> hv.Layout:
     with an optional ``chance`` attribute.
     """
     result = _analysis(tree, "frequency", ["test_acc"])
-    colors = _colors(result.sizes["band"], "plasma")
+    palette = colors(result.sizes["band"], "plasma")
 
     def curves(part: xr.Dataset, solution: str) -> list:
         mean = part.test_acc.mean("seed")
-        return [_curve(mean.plr.values, _percent(mean.sel(band=b)), PLR, BAND_ACC, f"band {b}", c)
-                for b, c in zip(mean.band.values, colors)]
+        return [curve(mean.plr.values, percent(mean.sel(band=b)), PLR, BAND_ACC, f"band {b}", c)
+                for b, c in zip(mean.band.values, palette)]
 
     def values(result: xr.Dataset) -> np.ndarray:
-        return _percent(result.test_acc.mean("seed")).ravel()
+        return percent(result.test_acc.mean("seed")).ravel()
 
     chance = tree["analysis/frequency"].attrs.get("chance", 0.1)
     return _per_solution(tree, result, curves, values, BAND_ACC, "Test accuracy per frequency band vs PLR", chance)
@@ -502,15 +532,15 @@ def group_norms(tree: xr.DataTree) -> hv.Layout:
     counts = result.histogram.sum("seed").transpose("plr", "bin")
     share = 100 * counts / counts.sum("bin")
     plr = share.plr.values
-    mesh = _style(hv.QuadMesh((_plr_edges(plr), edges, share.values.T), [PLR, LOG_NORM], CHANNELS),
+    mesh = style(hv.QuadMesh((_plr_edges(plr), edges, share.values.T), [PLR, LOG_NORM], CHANNELS),
                   {"cmap": "Blues", "colorbar": True})
-    overview = _vs_plr(tree, [mesh], edges, title="Channel norms vs PLR", ylabel=LOG_NORM, shade=False,
+    overview = vs_plr(tree, [mesh], edges, title="Channel norms vs PLR", ylabel=LOG_NORM, shade=False,
                        ylim=(edges[0], edges[-1] + 0.15 * (edges[-1] - edges[0])), legend=False)
     chosen = _representatives(tree, plr)
-    histograms = [_style(hv.Histogram((edges, share.sel(plr=p).values), kdims=[LOG_NORM], vdims=[CHANNELS], label=f"PLR {p:.3g}"),
+    histograms = [style(hv.Histogram((edges, share.sel(plr=p).values), kdims=[LOG_NORM], vdims=[CHANNELS], label=f"PLR {p:.3g}"),
                          {"color": c, "alpha": 0.45})
-                  for p, c in zip(chosen, _colors(len(chosen), "plasma"))]
-    one_per_regime = _panel(hv.Overlay(histograms), title="Channel norms at one PLR per regime")
+                  for p, c in zip(chosen, colors(len(chosen), "plasma"))]
+    one_per_regime = framed(hv.Overlay(histograms), title="Channel norms at one PLR per regime")
     return _layout([overview, one_per_regime], "Weight-group norm histograms")
 
 
@@ -550,17 +580,13 @@ def training_curves(tree: xr.DataTree, flr: float | None = None) -> hv.Layout:
     log_plr = hv.Dimension("log10_plr", label="log10 PLR")
     panels = []
     for name, dim, log in (("train_loss", TRAIN_LOSS, True), ("test_acc", TEST_ACC, False)):
-        paths = []
+        lines = []
         for mean, dashed in means:
-            # A loss of exactly 0 has no place on the log axis.
-            y = np.maximum(mean[name].transpose("plr", "epoch").values, 1e-8) if log else _percent(mean[name])
-            lines = [{"epoch": mean.epoch.values, name: row, "log10_plr": np.log10(plr)}
-                     for plr, row in zip(mean.plr.values, y)]
-            paths.append(_style(hv.Path(lines, [EPOCH, dim], [log_plr]), {"color": "log10_plr", "cmap": "viridis",
-                                                                           "colorbar": not dashed},
-                                {"line_width": 1.5, "line_dash": "dashed" if dashed else "solid"},
-                                {"linewidth": 1.2, "linestyle": "--" if dashed else "-"}))
-        panels.append(_panel(hv.Overlay(paths), title=dim.label[0].upper() + dim.label[1:], logy=log,
+            y = mean[name].transpose("plr", "epoch").values
+            y = np.maximum(y, 1e-8) if log else percent(y)  # a loss of exactly 0 has no place on a log axis
+            lines.append(colored_lines(mean.epoch.values, y, np.log10(mean.plr.values), [EPOCH, dim], log_plr,
+                                       dashed=dashed, colorbar=not dashed))
+        panels.append(framed(hv.Overlay(lines), title=dim.label[0].upper() + dim.label[1:], logy=log,
                              ylabel=dim.pprint_label))
     suffix = f" (FT with FLR {float(stages[1][0].flr):.3g} dashed)" if len(stages) > 1 else ""
     return _layout(panels, "Training curves" + suffix)
@@ -639,11 +665,11 @@ def save_html(obj, path: str | os.PathLike, title: str, caption: str) -> Path:
     script, div = components(hv.render(obj, backend="bokeh"))
     resources = Resources(mode="inline", components=["bokeh", "bokeh-widgets"])  # a layout title is a Div
     code = "\n".join(f"<script>{js}</script>" for js in resources.js_raw)
-    style = "\n".join(f"<style>{css}</style>" for css in resources.css_raw)
+    sheets = "\n".join(f"<style>{css}</style>" for css in resources.css_raw)
     Path(path).write_text(f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 {code}
-{style}
+{sheets}
 <style>body{{font-family:sans-serif;margin:1em 2em;color:#222}} p{{max-width:{2 * PANEL_WIDTH}px}}</style>
 </head><body><h1>{html.escape(title)}</h1><p>{html.escape(caption)}</p>
 {div}
@@ -720,8 +746,7 @@ def write_figures(tree: xr.DataTree, out: str | os.PathLike, store_name: str = "
         If the store has no analyses yet.
     """
     if "analysis" not in tree.children:
-        raise LrscanError(f"the store {store_name or ''} has no analyses yet; run `lrscan analyze "
-                          f"{store_name or 'STORE'}` first".replace("  ", " "))
+        raise LrscanError(f"the store has no analyses yet; run `lrscan analyze {store_name or 'STORE'}` first")
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,67 @@
+"""The ``lrscan plot`` and ``lrscan explore`` commands: parse, call :mod:`lrscan.plot`, print."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from lrscan.cli import UserError, default_store, user_errors
+from lrscan.plot import DEFAULT_PORT
+
+
+def figures_dir(store: Path) -> Path:
+    """Where ``lrscan plot`` writes by default: beside the store, ``store/synthetic.zarr`` -> ``store/synthetic-figures``."""
+    return store.with_name(f"{store.stem}-figures")
+
+
+@click.command()
+@click.argument("store", required=False)
+@click.option("--out", metavar="DIR", help="Directory for the figures (default: <store name>-figures beside the store).")
+@user_errors
+def plot(store, out) -> None:
+    """Write the study's figures of an analysed store as HTML and PNG, with an index.html.
+
+    Every figure the store's analyses allow is written as <name>.html (interactive, works
+    offline) and <name>.png; index.html links them with the store's spec and a summary.
+    A store without analyses is refused: run `lrscan analyze STORE` first.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")  # PNGs only: no display, even where one exists
+    import lrscan
+    from lrscan.plot import write_figures
+
+    path = Path(store) if store else default_store(None, None)
+    tree = lrscan.open(path)
+    written = write_figures(tree, Path(out) if out else figures_dir(path), store_name=str(path))
+    for name, reason in written.skipped.items():
+        click.echo(f"{name:16s} skipped: {reason}", err=True)
+    click.echo(f"wrote {len(written.figures)} figures (HTML and PNG) to {written.index.parent}", err=True)
+    click.echo(str(written.index))
+
+
+@click.command()
+@click.argument("store", required=False)
+@click.option("--port", default=DEFAULT_PORT, show_default=True, type=click.IntRange(1, 65535),
+              help="Port on localhost to serve on.")
+@user_errors
+def explore(store, port) -> None:
+    """Serve an interactive explorer of a store on http://localhost:PORT; Ctrl-C stops it.
+
+    Widgets pick PLR, FLR, seed and epoch; the views follow: accuracy against PLR, the chosen
+    run's training curves, the errors between its solutions, its single-feature accuracies.
+    The store is read lazily, so a large store opens at once.
+    """
+    import lrscan
+    from lrscan.plot.explore import check_port, serve
+
+    path = Path(store) if store else default_store(None, None)
+    tree = lrscan.open(path)
+    check_port(port)
+    click.echo(f"serving {path} at http://localhost:{port} (Ctrl-C to stop)", err=True)
+    try:
+        serve(tree, port)
+    except KeyboardInterrupt:  # a second Ctrl-C while stopping
+        raise UserError("interrupted") from None
+    click.echo("stopped", err=True)

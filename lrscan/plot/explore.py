@@ -1,0 +1,228 @@
+"""An interactive explorer of a store: HoloViews DynamicMaps on a Panel (Bokeh) server.
+
+Widgets pick a PLR, FLR, seed and epoch; linked views follow them: test accuracy against PLR
+at the chosen epoch (click a PLR there to select it), the chosen run's training curves, the
+error along the paths between its solutions, and its single-feature (or frequency-band)
+accuracies. The store is read lazily: opening it reads coordinates only, and each view
+reads the few chunks of the run it shows when it is drawn.
+"""
+
+from __future__ import annotations
+
+import functools
+import socket
+
+import holoviews as hv
+import numpy as np
+import panel as pn
+import xarray as xr
+
+from lrscan.analyze.solutions import label
+from lrscan.errors import LrscanError
+from lrscan.plot import DEFAULT_PORT
+from lrscan.plot.figures import (
+    ALPHA, BAND_ACC, EPOCH, FEATURE_ACC, PLR, TEST_ACC, TEST_ERROR, colors, curve, framed, pair_name, percent,
+    solution_name, study_solutions, style, vs_plr,
+)
+
+LOSS = hv.Dimension("loss", label="loss (cross-entropy)", unit="nats")
+ACCURACY = hv.Dimension("accuracy", label="accuracy", unit="%")
+# The analyses whose bars the explorer shows for a run: variable, category dimension, its axis.
+BARS = {"features": ("feature_acc", "feature", FEATURE_ACC, "Single-feature test accuracy"),
+        "frequency": ("test_acc", "band", BAND_ACC, "Test accuracy per frequency band")}
+
+
+def check_port(port: int, address: str = "localhost") -> None:
+    """Raise :class:`LrscanError` unless ``port`` is free to listen on."""
+    with socket.socket() as sock:
+        # As the server will: SO_REUSEADDR, so a port left in TIME_WAIT by a stopped server counts as free.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((address, port))
+        except OSError as err:
+            raise LrscanError(f"port {port} is not free ({err.strerror}); pick another with --port") from None
+
+
+def _analysis(tree: xr.DataTree, name: str) -> xr.Dataset | None:
+    """A persisted analysis, lazily, or None."""
+    if "analysis" in tree.children and name in tree["analysis"].children:
+        return tree[f"analysis/{name}"].to_dataset()
+    return None
+
+
+class Views:
+    """The explorer's views of one store, each a function of the widget values it depends on.
+
+    Parameters
+    ----------
+    tree
+        An opened store (lazy).
+    """
+
+    def __init__(self, tree: xr.DataTree):
+        self.tree = tree
+        self.pt = tree["pretrain/metrics"].to_dataset()
+        self.ft = tree["finetune/metrics"].to_dataset() if "finetune" in tree.children else None
+        self.pt_end = float(self.pt.epoch[-1])
+        # Only what a run's views show is read, once per run: the epoch widget re-reads nothing.
+        self.run = functools.lru_cache(maxsize=64)(self._run)
+
+    def _run(self, plr: float, flr: float | None, seed: int) -> tuple[xr.Dataset, xr.Dataset | None]:
+        """The metrics of one PT run and of its FT run with ``flr``, loaded."""
+        names = ["train_loss", "test_loss", "train_acc", "test_acc"]
+        pt = self.pt[names].sel(plr=plr, seed=seed).load()
+        ft = None
+        if self.ft is not None and flr is not None:
+            ft = self.ft[names].sel(plr=plr, flr=flr, seed=seed).load()
+        return pt, ft
+
+    def overview(self, plr: float, flr: float | None, seed: int, epoch: float) -> hv.Overlay:
+        """Test accuracy against PLR at ``epoch`` (PT, or FT with ``flr`` after the branch point)."""
+        if epoch > self.pt_end and self.ft is not None:
+            acc, stage = self.ft.test_acc.sel(flr=flr, epoch=epoch), f"FT with FLR {flr:.3g}"
+        else:
+            acc, stage = self.pt.test_acc.sel(epoch=min(epoch, self.pt_end), method="nearest"), "PT"
+        acc = percent(acc.transpose("plr", "seed").load())
+        grid = self.pt.plr.values
+        mean = curve(grid, np.nanmean(acc, axis=1), PLR, TEST_ACC, "mean over seeds", "#4C72B0")
+        chosen = list(self.pt.seed.values).index(seed)
+        points = style(hv.Scatter((grid, acc[:, chosen]), PLR, TEST_ACC, label=f"seed {seed}"),
+                       {"color": "#DD8452"}, {"size": 8}, {"s": 30})
+        marker = style(hv.VLine(plr), {"color": "#DD8452"}, {"line_width": 2}, {"linewidth": 2})
+        return vs_plr(self.tree, [mean, points, marker], acc, ylabel=TEST_ACC,
+                      title=f"Test accuracy vs PLR at epoch {epoch:g} ({stage})")
+
+    def curves(self, plr: float, flr: float | None, seed: int, epoch: float, kind: str) -> hv.Overlay:
+        """The run's train and test ``kind`` ("loss" or "acc") against epoch: PT solid, FT dashed."""
+        pt, ft = self.run(plr, flr, seed)
+        dim = LOSS if kind == "loss" else ACCURACY
+        lines = []
+        for stage, dashed in ((pt, False), (ft, True)):
+            if stage is None:
+                continue
+            for split, color in (("train", "#4C72B0"), ("test", "#C44E52")):
+                y = stage[f"{split}_{kind}"].values
+                y = np.maximum(y, 1e-8) if kind == "loss" else percent(y)  # a loss of 0 has no log
+                name = f"{split}" + (f" (FT, FLR {flr:.3g})" if dashed else " (PT)")
+                lines.append(style(hv.Curve((stage.epoch.values, y), EPOCH, dim, label=name), {"color": color},
+                                   {"line_dash": "dashed" if dashed else "solid", "line_width": 2},
+                                   {"linestyle": "--" if dashed else "-"}))
+        lines.append(style(hv.VLine(epoch), {"color": "#888888"}, {"line_dash": "dotted"}, {"linestyle": ":"}))
+        run = f"PLR {plr:.3g}, seed {seed}"
+        return framed(hv.Overlay(lines), title=f"Run {run}: {dim.label}", logy=kind == "loss",
+                      ylabel=dim.pprint_label, xlabel=EPOCH.pprint_label)
+
+    def paths(self, plr: float, seed: int) -> hv.Overlay:
+        """Test error along the straight path between each pair of the run's solutions."""
+        barriers = _analysis(self.tree, "barriers")
+        errors = barriers.test_error.sel(plr=plr, seed=seed).load()
+        angles = _analysis(self.tree, "angles")
+        angle = angles.angle.sel(plr=plr, seed=seed).load() if angles is not None else None
+        lines = []
+        for pair, color in zip(errors.pair.values, colors(errors.sizes["pair"], "plasma")):
+            name = pair_name(pair) + (f", {float(angle.sel(pair=pair)):.2f} rad" if angle is not None else "")
+            lines.append(curve(errors.alpha.values, errors.sel(pair=pair).values, ALPHA, TEST_ERROR, name, color))
+        return framed(hv.Overlay(lines), title=f"Test error between solutions, PLR {plr:.3g}, seed {seed}",
+                      ylabel=TEST_ERROR.pprint_label)
+
+    def bars(self, plr: float, flr: float | None, seed: int, analysis: str) -> hv.Bars:
+        """The run's PT, SWA and FT (``flr``) accuracies per category of ``analysis`` (see ``BARS``)."""
+        variable, category, dim, title = BARS[analysis]
+        result = _analysis(self.tree, analysis)
+        wanted = [s for s in study_solutions(self.tree) if not s.startswith("ft=")]
+        wanted += [label("ft", flr)] if flr is not None else []
+        stored = set(map(str, result.solution.values))
+        acc = result[variable].sel(plr=plr, seed=seed, solution=[s for s in wanted if s in stored]).load()
+        rows = [(c, solution_name(s), 100 * float(acc.sel(solution=s, **{category: c})))
+                for c in acc[category].values for s in map(str, acc.solution.values)]
+        bars = hv.Bars(rows, [category, "solution"], dim)
+        return style(bars, {"title": f"{title}, PLR {plr:.3g}, seed {seed}", "ylim": (0, 100)},
+                     {"width": 1120, "height": 320, "tools": ["hover"]})
+
+
+def make_app(tree: xr.DataTree) -> pn.viewable.Viewable:
+    """The explorer of a store as a Panel app (serve it, or show it in a notebook).
+
+    Parameters
+    ----------
+    tree
+        An opened store (:func:`lrscan.open`); nothing is read until a view is drawn.
+
+    Returns
+    -------
+    pn.viewable.Viewable
+        Widgets ``PLR``, ``FLR`` (with fine-tuning data), ``seed``, ``epoch``, and the linked views.
+    """
+    views = Views(tree)
+    pt = views.pt
+    plr = pn.widgets.DiscreteSlider(name="PLR", options={f"{p:.3g}": float(p) for p in pt.plr.values})
+    seed = pn.widgets.Select(name="seed", options=[int(s) for s in pt.seed.values])
+    epochs = np.unique(np.concatenate([pt.epoch.values] + ([views.ft.epoch.values] if views.ft is not None else [])))
+    epoch = pn.widgets.DiscreteSlider(name="epoch", options={f"{e:g}": float(e) for e in epochs},
+                                      value=float(epochs[-1]))
+    widgets = [plr]
+    if views.ft is not None:
+        flr = pn.widgets.Select(name="FLR", options={f"{f:.3g}": float(f) for f in views.ft.flr.values})
+        widgets.append(flr)
+    else:
+        flr = None
+    widgets += [seed, epoch]
+    run = {"plr": plr, "flr": flr, "seed": seed}
+    overview = hv.DynamicMap(pn.bind(views.overview, **run, epoch=epoch))
+    _select_on_tap(overview, plr, pt.plr.values)
+    panels = [overview,
+              hv.DynamicMap(pn.bind(views.curves, **run, epoch=epoch, kind="acc")),
+              hv.DynamicMap(pn.bind(views.curves, **run, epoch=epoch, kind="loss"))]
+    if _analysis(tree, "barriers") is not None:
+        panels.append(hv.DynamicMap(pn.bind(views.paths, plr=plr, seed=seed)))
+    panels += [hv.DynamicMap(pn.bind(views.bars, **run, analysis=analysis))
+               for analysis in BARS if _analysis(tree, analysis) is not None]
+    # Bokeh whatever backend HoloViews has current: the views are interactive plots, not images.
+    shown = [pn.pane.HoloViews(panel, backend="bokeh") for panel in panels]
+    rows = [pn.Row(*shown[i:i + 2]) for i in range(0, len(shown), 2)]
+    spec = tree.attrs["spec"]["sweep"]
+    header = pn.pane.Markdown(f"## lrscan explore: {spec['model']} on {spec['dataset']}\n"
+                              "Pick a run with the widgets, or click a PLR in the accuracy overview.")
+    return pn.Column(header, pn.Row(pn.Column(*widgets, width=260), pn.Column(*rows)))
+
+
+def _select_on_tap(overview: hv.DynamicMap, widget, grid: np.ndarray) -> None:
+    """Clicking the overview selects the PLR of the grid nearest (on the log axis) to the click."""
+    tap = hv.streams.Tap(source=overview)
+
+    def select(x=None, y=None):
+        if x is not None and x > 0:
+            widget.value = float(grid[np.abs(np.log10(grid) - np.log10(x)).argmin()])
+
+    tap.add_subscriber(select)
+
+
+def serve(tree: xr.DataTree, port: int = DEFAULT_PORT, *, block: bool = True):
+    """Serve the explorer of ``tree`` on http://localhost:``port``.
+
+    Parameters
+    ----------
+    tree
+        An opened store.
+    port
+        TCP port on localhost; must be free.
+    block
+        Serve until interrupted (Ctrl-C stops the server cleanly and returns), or start a
+        server thread and return it (stop it with ``.stop()``).
+
+    Raises
+    ------
+    LrscanError
+        If the port is not free.
+    """
+    check_port(port)
+    try:
+        server = pn.serve({"/": lambda: make_app(tree)}, port=port, address="localhost", show=False,
+                          verbose=False, title="lrscan explore", threaded=not block, start=True)
+    except OSError as err:  # taken between the check and the bind
+        raise LrscanError(f"port {port} is not free ({err.strerror}); pick another with --port") from None
+    if not block:
+        return server
+    # pn.serve returns here once Ctrl-C has stopped its event loop; release the port and sessions.
+    server.stop()
+    return None
