@@ -98,8 +98,8 @@ class Engine:
     batched
         Use the entry's ``forward_batched`` (must exist) rather than calling runs one by one.
     compile
-        Compile the training step with ``torch.compile`` (faster for long stages; the first
-        step pays the compilation).
+        Compile the training step and the evaluation with ``torch.compile`` (faster for long
+        stages; the first call of each shape pays the compilation).
     """
 
     def __init__(self, entry: ModelEntry, module: nn.Module, flat: Tensor, radius: float, *,
@@ -185,7 +185,7 @@ class Engine:
 
     def weight_norm(self) -> Tensor:
         """Norm of each run's SI group, (M,), in float64."""
-        return sum(p.reshape(self.n_runs, -1).double().square().sum(1) for p in self.si.values()).sqrt()
+        return si_norm(self.flat(), self.layers)
 
 
 def to_numpy(t: Tensor) -> np.ndarray:
