@@ -32,6 +32,8 @@ class Analyzer:
         Analyzers whose persisted results this one reads (they run first).
     sets
         Extra evaluation sets the analysis needs from the dataset (e.g. ``single_feature``).
+    default
+        Whether ``lrscan analyze`` runs it without ``--only`` (expensive extras do not).
     summary
         One line for listings.
     """
@@ -40,6 +42,7 @@ class Analyzer:
     needs: tuple[str, ...] = ("pretrain",)
     after: tuple[str, ...] = ()
     sets: tuple[str, ...] = ()
+    default: bool = True
     summary: str = ""
 
     def missing(self, tree: xr.DataTree) -> str | None:
@@ -66,19 +69,19 @@ ANALYZERS: Registry[Analyzer] = Registry("analyzer", "lrscan.analyzers")
 
 
 def analyzer(name: str, *, needs: tuple[str, ...] = ("pretrain",), after: tuple[str, ...] = (),
-             sets: tuple[str, ...] = ()):
+             sets: tuple[str, ...] = (), default: bool = True):
     """Register ``func`` as the analyzer ``name`` (decorator); see :class:`Analyzer`."""
 
     def register(func: Callable[..., xr.Dataset]) -> Callable[..., xr.Dataset]:
         summary = (func.__doc__ or "").strip().splitlines()[0] if func.__doc__ else ""
-        ANALYZERS.register(name, Analyzer(func, needs, after, sets, summary))
+        ANALYZERS.register(name, Analyzer(func, needs, after, sets, default, summary))
         return func
 
     return register
 
 
 def _register_builtins() -> None:
-    from lrscan.analyze import features, geometry, metrics, regimes  # noqa: F401
+    from lrscan.analyze import features, geometry, metrics, regimes, sharpness  # noqa: F401
 
 
 _register_builtins()

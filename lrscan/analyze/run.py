@@ -44,7 +44,7 @@ def plan_analyzers(tree: xr.DataTree, only: Iterable[str] | None = None) -> list
         if "finetune" not in tree.children:
             raise LrscanError("the store has no fine-tuning data (finetune_epochs = 0); the study's analyses compare "
                               "fine-tuned solutions — retrain with finetune_epochs > 0, or pick analyzers with --only")
-        names = [n for n in ANALYZERS if ANALYZERS[n].applies(tree)]
+        names = [n for n in ANALYZERS if ANALYZERS[n].default and ANALYZERS[n].applies(tree)]
     ordered: list[str] = []
 
     def visit(name: str) -> None:
@@ -77,7 +77,8 @@ def analyze(
     store
         Path of a finished store.
     only
-        Analyzer names (default: every analyzer that applies to the store).
+        Analyzer names (default: every analyzer that applies to the store, except the
+        expensive extras registered with ``default=False``, such as ``sharpness``).
     progress
         Called as ``progress(name, status, seconds)`` with status "computed" or "up to date".
 
