@@ -19,3 +19,12 @@ def open(store):  # noqa: A001 - mirrors xarray's open_* naming
     from lrscan.store import open_store
 
     return open_store(store)
+
+
+def __getattr__(name):
+    # `lrscan.plot` loads HoloViews, Bokeh and Panel: only when first used.
+    if name == "plot":
+        import importlib
+
+        return importlib.import_module("lrscan.plot")
+    raise AttributeError(f"module 'lrscan' has no attribute {name!r}")

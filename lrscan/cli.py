@@ -238,3 +238,10 @@ class ProgressDisplay:
             eta = f", about {elapsed / share - elapsed:.0f} s left" if 0 < share < 1 else ""
             print(f"{progress.phase}: {100 * share:5.1f}% of {progress.total:,} model-steps, "
                   f"{elapsed:.0f} s{eta}", file=self.stream, flush=True)
+
+
+# Registered last: the plot commands import this module's helpers.
+from lrscan.plot.commands import explore, plot  # noqa: E402
+
+main.add_command(plot)
+main.add_command(explore)

@@ -18,37 +18,36 @@ import numpy as np
 import pytest
 
 from lrscan.analyze.run import analyze
-from lrscan.spec import load_spec
-from lrscan.train.sweep import train
-from tests.conftest import SMALL
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 WINDOW = (1400, 1000)
 
+# What the figures and the explorer read; other analyzers (sharpness, ...) would only cost time here.
+ANALYSES = ["metrics", "angles", "barriers", "features", "group_norms", "regimes"]
+
 _cache: dict = {}
 
 
-def analyzed_store(tmp_path_factory) -> Path:
-    """A small finished store with every analysis persisted, built once per test session."""
+def analyzed_store(tmp_path_factory, trained: Path) -> Path:
+    """A copy of the finished store ``trained`` with the plotted analyses persisted, made once per session."""
     if "store" not in _cache:
         path = tmp_path_factory.mktemp("plot") / "small.zarr"
-        train(load_spec(overrides=SMALL), path)
-        analyze(path)
+        shutil.copytree(trained, path)
+        analyze(path, ANALYSES)
         _cache["store"] = path
     return _cache["store"]
 
 
-def written_figures(tmp_path_factory):
-    """``lrscan plot`` of :func:`analyzed_store`, run once per test session: (output directory, click result)."""
+def written_figures(tmp_path_factory, store: Path):
+    """``lrscan plot`` of ``store`` (:func:`analyzed_store`), run once per session: (output directory, click result)."""
     if "figures" not in _cache:
         from click.testing import CliRunner
 
         from lrscan.plot.commands import plot
 
         out = tmp_path_factory.mktemp("figures")
-        result = CliRunner().invoke(plot, [str(analyzed_store(tmp_path_factory)), "--out", str(out)],
-                                    catch_exceptions=False)
+        result = CliRunner().invoke(plot, [str(store), "--out", str(out)], catch_exceptions=False)
         _cache["figures"] = (out, result)
     return _cache["figures"]
 
@@ -59,7 +58,7 @@ def chromium_driver():
     if missing:
         pytest.skip(f"Chromium is not installed ({', '.join(missing)} missing); "
                     "`apt-get install chromium chromium-driver` (what .ci/run does)")
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")
+    from selenium import webdriver  # a dev dependency: missing, it is an error, not a skip
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
@@ -86,12 +85,19 @@ def console_errors(driver) -> list[str]:
     return [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
 
 
-def ink(driver) -> float:
-    """Share of the visible page's pixels that are not (near) white: 0 for a blank page."""
+def ink(driver, box=None) -> float:
+    """Share of the screenshot's pixels that are not white (0 for a blank page), within ``box`` if given.
+
+    ``box`` is (left, top, width, height) in CSS pixels and the device pixel ratio, as
+    ``getBoundingClientRect`` and ``devicePixelRatio`` give them.
+    """
     from PIL import Image
 
-    image = np.asarray(Image.open(io.BytesIO(driver.get_screenshot_as_png())).convert("L"))
-    return float((image < 235).mean())
+    image = Image.open(io.BytesIO(driver.get_screenshot_as_png())).convert("L")
+    if box is not None:
+        left, top, width, height, ratio = box
+        image = image.crop(tuple(int(v * ratio) for v in (left, top, left + width, top + height)))
+    return float((np.asarray(image) < 250).mean())
 
 
 def wait_for(condition, timeout: float = 20.0, every: float = 0.2):

@@ -12,6 +12,7 @@ EXPECTED = {
     "analyze_store.py": ["best fine-tuned test accuracy", "regime per PLR", "convergence threshold",
                          "angle FT-low ~ FT-high", "test barrier FT-low ~ FT-high in 2A", "effective feature count",
                          "SWA test accuracy per K", "mean SI gradient norm", "max/min channel norm ratio"],
+    "plot_store.py": ["PT accuracy figure", "geometry panels", "summary:"],
 }
 
 
@@ -26,4 +27,5 @@ def test_example_runs(script, trained_small, monkeypatch, capsys):
     out = capsys.readouterr().out
     for line in EXPECTED[script.name]:
         assert line in out, f"{script.name} did not print {line!r}"
-    assert "nan" not in out.split("regime per PLR")[0]  # the accuracy summary is a real number
+    if script.name == "analyze_store.py":
+        assert "nan" not in out.split("regime per PLR")[0]  # the accuracy summary is a real number

@@ -3,10 +3,11 @@
 import os
 import signal
 import socket
-import subprocess
-import sys
+import threading
 import time
 from html.parser import HTMLParser
+from urllib.error import URLError
+from urllib.request import urlopen
 
 import holoviews as hv
 import numpy as np
@@ -19,7 +20,7 @@ import lrscan
 import lrscan.plot
 from lrscan.plot import figures
 from lrscan.plot.commands import explore, plot
-from lrscan.plot.explore import Views, make_app
+from lrscan.plot.explore import Views, check_port, make_app
 from tests.browser import analyzed_store, free_port, written_figures
 
 # The (x, y) dimensions of each panel of each figure.
@@ -37,8 +38,8 @@ UNITS = {"test_acc": "(%)", "angle": "(rad)", "train_barrier": "(%)", "test_barr
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    return analyzed_store(tmp_path_factory)
+def store(tmp_path_factory, trained_small):
+    return analyzed_store(tmp_path_factory, trained_small)
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +48,8 @@ def tree(store):
 
 
 @pytest.fixture(scope="module")
-def written(tmp_path_factory):
-    return written_figures(tmp_path_factory)
+def written(tmp_path_factory, store):
+    return written_figures(tmp_path_factory, store)
 
 
 def panels_of(obj):
@@ -127,10 +128,19 @@ def test_frequency_is_skipped_without_its_analysis_and_drawn_with_it(tree, writt
                        coords={"plr": tree["pretrain/metrics"].plr.values, "seed": [0, 1], "solution": solutions,
                                "band": ["background", "low", "mid", "high"]})
     with_frequency = tree.copy()
-    with_frequency["analysis/frequency"] = xr.DataTree(xr.Dataset({"test_acc": acc}, attrs={"chance": 0.1}))
+    result = xr.Dataset({"test_acc": acc}, attrs={"chance": 0.1})
+    with_frequency["analysis/frequency"] = xr.DataTree(result)
     obj = lrscan.plot.frequency(with_frequency)
     assert [plot_options(p)["title"] for p in obj] == ["PT", "SWA (K = 3)", "FT (FLR 0.001)", "FT (FLR 0.01)"]
     assert all("band_acc" in {d.name for e in p for d in e.dimensions()} for p in obj)
+
+
+def test_a_result_left_half_written_is_not_drawn(tree):
+    broken = tree.copy()
+    broken["analysis/angles"].attrs = {k: v for k, v in tree["analysis/angles"].attrs.items()
+                                       if k != "lrscan_fingerprint"}
+    assert "angles" in figures.FIGURES["geometry"].missing(broken)
+    assert figures.FIGURES["geometry"].missing(tree) is None
 
 
 def test_lrscan_plot_writes_every_figure_and_an_index(written):
@@ -237,6 +247,13 @@ def test_explorer_opens_without_reading_and_never_reads_weights(tree):
     assert any(t.startswith("Single-feature test accuracy, PLR 0.003, seed 0") for t in titles)
 
 
+def test_explorer_shows_the_training_curves_before_any_analysis(trained_small):
+    root = make_app(lrscan.open(trained_small)).get_root()
+    titles = {m.text for m in root.references() if type(m).__name__ == "Title" and m.text}
+    assert titles == {"Test accuracy vs PLR at epoch 6 (FT with FLR 0.001)", "Run PLR 0.003, seed 0: accuracy",
+                      "Run PLR 0.003, seed 0: loss (cross-entropy)"}
+
+
 def test_explorer_views_follow_the_widgets(tree):
     views = Views(tree)
     first = views.curves(0.003, 0.001, 0, 6.0, "acc")
@@ -252,21 +269,29 @@ def test_explorer_views_follow_the_widgets(tree):
 
 def test_explore_serves_until_ctrl_c_and_stops_cleanly(store):
     port = free_port()
-    code = "import sys; from lrscan.plot.commands import explore; explore(sys.argv[1:])"
-    proc = subprocess.Popen([sys.executable, "-c", code, str(store), "--port", str(port)],
-                            stderr=subprocess.PIPE, text=True, cwd=os.getcwd())
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            with socket.socket() as sock:
-                if sock.connect_ex(("localhost", port)) == 0:
-                    break
-            assert proc.poll() is None and time.monotonic() < deadline, "the explorer did not start"
+    served, returned = [], threading.Event()
+
+    def page_served() -> bool:
+        try:
+            return urlopen(f"http://localhost:{port}/", timeout=10).status == 200
+        except URLError:
+            return False
+
+    def interrupt_once_serving():
+        deadline, ok = time.monotonic() + 60, False
+        while not (ok or returned.is_set() or time.monotonic() > deadline):
             time.sleep(0.2)
-        proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=20)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, stderr
-    assert stderr.strip().splitlines() == [f"serving {store} at http://localhost:{port} (Ctrl-C to stop)", "stopped"]
+            ok = page_served()
+        served.append(ok)
+        if not returned.is_set():  # Ctrl-C, also after a timeout, so that the command cannot serve forever
+            os.kill(os.getpid(), signal.SIGINT)
+
+    handler = signal.getsignal(signal.SIGINT)
+    threading.Thread(target=interrupt_once_serving, daemon=True).start()
+    result = CliRunner().invoke(explore, [str(store), "--port", str(port)])
+    returned.set()
+    assert result.exit_code == 0, result.output
+    assert served == [True]
+    assert result.stderr.splitlines() == [f"serving {store} at http://localhost:{port} (Ctrl-C to stop)", "stopped"]
+    assert signal.getsignal(signal.SIGINT) is handler
+    check_port(port)  # released

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import time
@@ -22,6 +23,9 @@ def fingerprint(tree: xr.DataTree, name: str, options: dict) -> str:
     """What a persisted result depends on: the store, the analyzer, its options, lrscan, and the
     persisted results it reads (so it is recomputed when they are)."""
     stored = tree["analysis"].children if "analysis" in tree.children else {}
+    # The effective options, defaults included: a changed default makes results stale.
+    params = inspect.signature(ANALYZERS[name].func).parameters.values()
+    options = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty} | options
     key = {
         "store_created": tree.attrs.get("created"),
         "spec": tree.attrs["spec"],

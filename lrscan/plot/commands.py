@@ -10,14 +10,17 @@ from lrscan.cli import UserError, default_store, user_errors
 from lrscan.plot import DEFAULT_PORT
 
 
-def figures_dir(store: Path) -> Path:
-    """Where ``lrscan plot`` writes by default: beside the store, ``store/synthetic.zarr`` -> ``store/synthetic-figures``."""
-    return store.with_name(f"{store.stem}-figures")
+def figures_dir(store: str) -> Path:
+    """Where ``lrscan plot`` writes by default: ``<name>-figures`` beside a store on disk
+    (``store/synthetic.zarr`` -> ``store/synthetic-figures``), in the current directory for a store at a URL."""
+    location = str(store).rstrip("/")
+    name = location.rsplit("/", 1)[-1].removesuffix(".zarr")
+    return Path(f"{name}-figures") if "://" in location else Path(location).with_name(f"{name}-figures")
 
 
 @click.command()
 @click.argument("store", required=False)
-@click.option("--out", metavar="DIR", help="Directory for the figures (default: <store name>-figures beside the store).")
+@click.option("--out", metavar="DIR", help="Directory for the figures (default: <name>-figures beside the store).")
 @user_errors
 def plot(store, out) -> None:
     """Write the study's figures of an analysed store as HTML and PNG, with an index.html.
@@ -32,9 +35,9 @@ def plot(store, out) -> None:
     import lrscan
     from lrscan.plot import write_figures
 
-    path = Path(store) if store else default_store(None, None)
+    path = store or str(default_store(None, None))
     tree = lrscan.open(path)
-    written = write_figures(tree, Path(out) if out else figures_dir(path), store_name=str(path))
+    written = write_figures(tree, Path(out) if out else figures_dir(path), store_name=path)
     for name, reason in written.skipped.items():
         click.echo(f"{name:16s} skipped: {reason}", err=True)
     click.echo(f"wrote {len(written.figures)} figures (HTML and PNG) to {written.index.parent}", err=True)
@@ -56,7 +59,7 @@ def explore(store, port) -> None:
     import lrscan
     from lrscan.plot.explore import check_port, serve
 
-    path = Path(store) if store else default_store(None, None)
+    path = store or str(default_store(None, None))
     tree = lrscan.open(path)
     check_port(port)
     click.echo(f"serving {path} at http://localhost:{port} (Ctrl-C to stop)", err=True)

@@ -1,7 +1,7 @@
 """An interactive explorer of a store: HoloViews DynamicMaps on a Panel (Bokeh) server.
 
 Widgets pick a PLR, FLR, seed and epoch; linked views follow them: test accuracy against PLR
-at the chosen epoch (click a PLR there to select it), the chosen run's training curves, the
+at the chosen epoch (the chosen PLR and seed marked), the chosen run's training curves, the
 error along the paths between its solutions, and its single-feature (or frequency-band)
 accuracies. The store is read lazily: opening it reads coordinates only, and each view
 reads the few chunks of the run it shows when it is drawn.
@@ -10,6 +10,7 @@ reads the few chunks of the run it shows when it is drawn.
 from __future__ import annotations
 
 import functools
+import signal
 import socket
 
 import holoviews as hv
@@ -21,12 +22,13 @@ from lrscan.analyze.solutions import label
 from lrscan.errors import LrscanError
 from lrscan.plot import DEFAULT_PORT
 from lrscan.plot.figures import (
-    ALPHA, BAND_ACC, EPOCH, FEATURE_ACC, PLR, TEST_ACC, TEST_ERROR, colors, curve, framed, pair_name, percent,
-    solution_name, study_solutions, style, vs_plr,
+    ALPHA, BAND_ACC, EPOCH, FEATURE_ACC, PLR, TEST_ACC, colors, curve, framed, pair_name, percent,
+    solution_name, stored_analyses, study_solutions, style, vs_plr,
 )
 
 LOSS = hv.Dimension("loss", label="loss (cross-entropy)", unit="nats")
 ACCURACY = hv.Dimension("accuracy", label="accuracy", unit="%")
+ERROR = hv.Dimension("error", label="error", unit="%")
 # The analyses whose bars the explorer shows for a run: variable, category dimension, its axis.
 BARS = {"features": ("feature_acc", "feature", FEATURE_ACC, "Single-feature test accuracy"),
         "frequency": ("test_acc", "band", BAND_ACC, "Test accuracy per frequency band")}
@@ -45,7 +47,7 @@ def check_port(port: int, address: str = "localhost") -> None:
 
 def _analysis(tree: xr.DataTree, name: str) -> xr.Dataset | None:
     """A persisted analysis, lazily, or None."""
-    if "analysis" in tree.children and name in tree["analysis"].children:
+    if name in stored_analyses(tree):
         return tree[f"analysis/{name}"].to_dataset()
     return None
 
@@ -113,17 +115,18 @@ class Views:
                       ylabel=dim.pprint_label, xlabel=EPOCH.pprint_label)
 
     def paths(self, plr: float, seed: int) -> hv.Overlay:
-        """Test error along the straight path between each pair of the run's solutions."""
-        barriers = _analysis(self.tree, "barriers")
-        errors = barriers.test_error.sel(plr=plr, seed=seed).load()
+        """Train and test error along the straight path between each pair of the run's solutions."""
+        barriers = _analysis(self.tree, "barriers")[["train_error", "test_error"]].sel(plr=plr, seed=seed).load()
         angles = _analysis(self.tree, "angles")
         angle = angles.angle.sel(plr=plr, seed=seed).load() if angles is not None else None
         lines = []
-        for pair, color in zip(errors.pair.values, colors(errors.sizes["pair"], "plasma")):
-            name = pair_name(pair) + (f", {float(angle.sel(pair=pair)):.2f} rad" if angle is not None else "")
-            lines.append(curve(errors.alpha.values, errors.sel(pair=pair).values, ALPHA, TEST_ERROR, name, color))
-        return framed(hv.Overlay(lines), title=f"Test error between solutions, PLR {plr:.3g}, seed {seed}",
-                      ylabel=TEST_ERROR.pprint_label)
+        for pair, color in zip(barriers.pair.values, colors(barriers.sizes["pair"], "plasma")):
+            name = pair_name(pair) + (f", {float(angle.sel(pair=pair)):.2f} rad apart" if angle is not None else "")
+            path = barriers.sel(pair=pair)
+            lines.append(curve(path.alpha.values, path.test_error.values, ALPHA, ERROR, name, color))
+            lines.append(curve(path.alpha.values, path.train_error.values, ALPHA, ERROR, "", color, dashed=True))
+        return framed(hv.Overlay(lines), title=f"Error between solutions (test solid, train dashed), "
+                                               f"PLR {plr:.3g}, seed {seed}", ylabel=ERROR.pprint_label)
 
     def bars(self, plr: float, flr: float | None, seed: int, analysis: str) -> hv.Bars:
         """The run's PT, SWA and FT (``flr``) accuracies per category of ``analysis`` (see ``BARS``)."""
@@ -154,23 +157,16 @@ def make_app(tree: xr.DataTree) -> pn.viewable.Viewable:
         Widgets ``PLR``, ``FLR`` (with fine-tuning data), ``seed``, ``epoch``, and the linked views.
     """
     views = Views(tree)
-    pt = views.pt
-    plr = pn.widgets.DiscreteSlider(name="PLR", options={f"{p:.3g}": float(p) for p in pt.plr.values})
-    seed = pn.widgets.Select(name="seed", options=[int(s) for s in pt.seed.values])
-    epochs = np.unique(np.concatenate([pt.epoch.values] + ([views.ft.epoch.values] if views.ft is not None else [])))
-    epoch = pn.widgets.DiscreteSlider(name="epoch", options={f"{e:g}": float(e) for e in epochs},
+    pt, ft = views.pt, views.ft
+    plr = pn.widgets.DiscreteSlider(label="PLR", options={f"{p:.3g}": float(p) for p in pt.plr.values})
+    flr = pn.widgets.Select(label="FLR", options={f"{f:.3g}": float(f) for f in ft.flr.values}) if ft else None
+    seed = pn.widgets.Select(label="seed", options=[int(s) for s in pt.seed.values])
+    epochs = np.union1d(pt.epoch.values, ft.epoch.values if ft else [])
+    epoch = pn.widgets.DiscreteSlider(label="epoch", options={f"{e:g}": float(e) for e in epochs},
                                       value=float(epochs[-1]))
-    widgets = [plr]
-    if views.ft is not None:
-        flr = pn.widgets.Select(name="FLR", options={f"{f:.3g}": float(f) for f in views.ft.flr.values})
-        widgets.append(flr)
-    else:
-        flr = None
-    widgets += [seed, epoch]
+    widgets = [w for w in (plr, flr, seed, epoch) if w is not None]
     run = {"plr": plr, "flr": flr, "seed": seed}
-    overview = hv.DynamicMap(pn.bind(views.overview, **run, epoch=epoch))
-    _select_on_tap(overview, plr, pt.plr.values)
-    panels = [overview,
+    panels = [hv.DynamicMap(pn.bind(views.overview, **run, epoch=epoch)),
               hv.DynamicMap(pn.bind(views.curves, **run, epoch=epoch, kind="acc")),
               hv.DynamicMap(pn.bind(views.curves, **run, epoch=epoch, kind="loss"))]
     if _analysis(tree, "barriers") is not None:
@@ -182,19 +178,8 @@ def make_app(tree: xr.DataTree) -> pn.viewable.Viewable:
     rows = [pn.Row(*shown[i:i + 2]) for i in range(0, len(shown), 2)]
     spec = tree.attrs["spec"]["sweep"]
     header = pn.pane.Markdown(f"## lrscan explore: {spec['model']} on {spec['dataset']}\n"
-                              "Pick a run with the widgets, or click a PLR in the accuracy overview.")
+                              "Pick a run with the widgets: every view follows them.")
     return pn.Column(header, pn.Row(pn.Column(*widgets, width=260), pn.Column(*rows)))
-
-
-def _select_on_tap(overview: hv.DynamicMap, widget, grid: np.ndarray) -> None:
-    """Clicking the overview selects the PLR of the grid nearest (on the log axis) to the click."""
-    tap = hv.streams.Tap(source=overview)
-
-    def select(x=None, y=None):
-        if x is not None and x > 0:
-            widget.value = float(grid[np.abs(np.log10(grid) - np.log10(x)).argmin()])
-
-    tap.add_subscriber(select)
 
 
 def serve(tree: xr.DataTree, port: int = DEFAULT_PORT, *, block: bool = True):
@@ -216,13 +201,17 @@ def serve(tree: xr.DataTree, port: int = DEFAULT_PORT, *, block: bool = True):
         If the port is not free.
     """
     check_port(port)
+    # Serving in the main thread, pn.serve makes Ctrl-C stop its event loop; the caller's handler comes back after.
+    handler = signal.getsignal(signal.SIGINT)
     try:
         server = pn.serve({"/": lambda: make_app(tree)}, port=port, address="localhost", show=False,
                           verbose=False, title="lrscan explore", threaded=not block, start=True)
     except OSError as err:  # taken between the check and the bind
         raise LrscanError(f"port {port} is not free ({err.strerror}); pick another with --port") from None
+    finally:
+        if signal.getsignal(signal.SIGINT) is not handler:
+            signal.signal(signal.SIGINT, handler)
     if not block:
         return server
-    # pn.serve returns here once Ctrl-C has stopped its event loop; release the port and sessions.
-    server.stop()
+    server.stop()  # the loop has stopped: release the port and the sessions
     return None

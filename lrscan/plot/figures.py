@@ -19,7 +19,6 @@ import json
 import math
 import os
 from dataclasses import dataclass
-from itertools import chain
 from pathlib import Path
 from typing import Callable
 
@@ -28,7 +27,7 @@ import matplotlib
 import numpy as np
 import xarray as xr
 
-from lrscan.analyze.solutions import default_pairs, resolve
+from lrscan.analyze.solutions import default_pairs
 from lrscan.errors import LrscanError
 
 
@@ -51,6 +50,8 @@ BEST_MARGIN = 1.0
 REGIME_COLORS = {"1": "#4C72B0", "2A": "#55A868", "2": "#CCB974", "2B": "#DD8452", "3": "#C44E52"}
 REGIME_NAMES = {"1": "convergence", "2A": "chaotic equilibrium, 2A", "2": "chaotic equilibrium",
                 "2B": "chaotic equilibrium, 2B", "3": "divergence"}
+SHADING = ("Shading: each PLR's most common regime over seeds (1 convergence, 2A / 2B chaotic equilibrium, "
+           "3 divergence); dashed lines: the regime boundaries, geometric mean over seeds.")
 
 PLR = hv.Dimension("plr", label="PLR (effective learning rate)")
 EPOCH = hv.Dimension("epoch", label="epoch")
@@ -61,8 +62,6 @@ SPREAD = hv.Dimension("spread", label="std", unit="%")
 ANGLE = hv.Dimension("angle", label="angle between solutions", unit="rad")
 TRAIN_BARRIER = hv.Dimension("train_barrier", label="train error barrier", unit="%")
 TEST_BARRIER = hv.Dimension("test_barrier", label="test error barrier", unit="%")
-TRAIN_ERROR = hv.Dimension("train_error", label="train error", unit="%")
-TEST_ERROR = hv.Dimension("test_error", label="test error", unit="%")
 FEATURE_ACC = hv.Dimension("feature_acc", label="single-feature test accuracy", unit="%")
 BAND_ACC = hv.Dimension("band_acc", label="test accuracy on the band", unit="%")
 LOG_NORM = hv.Dimension("log10_norm", label="log10 of channel norm ‖W[i]‖ / ρ")
@@ -98,15 +97,23 @@ class Figure:
         stages = [stage for stage in self.stages if stage not in tree.children]
         if stages:
             return f"needs {', '.join(stages)} data, which the store does not have"
-        stored = tree["analysis"].children if "analysis" in tree.children else {}
-        absent = [name for name in self.needs if name not in stored]
+        absent = [name for name in self.needs if name not in stored_analyses(tree)]
         return f"needs the {', '.join(absent)} analysis, which the store does not have" if absent else None
 
 
 FIGURES: dict[str, Figure] = {}
 
-SHADING = ("Shading: each PLR's most common regime over seeds (1 convergence, 2A / 2B chaotic equilibrium, "
-           "3 divergence); dashed lines: the regime boundaries, geometric mean over seeds.")
+
+def stored_analyses(tree: xr.DataTree) -> set[str]:
+    """Names of the analyses under ``/analysis`` that are complete.
+
+    ``lrscan analyze`` marks a persisted result complete with its fingerprint, written last,
+    so a result it left half-written (``lrscan_analyzer`` without ``lrscan_fingerprint``) does
+    not count; a result put there in memory (``tree["analysis/angles"] = ...``) does.
+    """
+    stored = tree["analysis"].children if "analysis" in tree.children else {}
+    return {name for name, node in stored.items()
+            if "lrscan_fingerprint" in node.attrs or "lrscan_analyzer" not in node.attrs}
 
 
 def figure(name: str, *, needs: tuple[str, ...], title: str, caption: str, stages: tuple[str, ...] = ()):
@@ -123,7 +130,7 @@ def figure(name: str, *, needs: tuple[str, ...], title: str, caption: str, stage
 
 
 def style(obj, common: dict | None = None, bokeh: dict | None = None, mpl: dict | None = None):
-    """Set options for both backends (a keyword valid in one only goes to that one)."""
+    """Set plot and style options: ``common`` for both backends, ``bokeh`` / ``mpl`` for one each."""
     common = common or {}
     obj.opts(**common, **(bokeh or {}), backend="bokeh")
     obj.opts(**common, **(mpl or {}), backend="matplotlib")
@@ -186,7 +193,7 @@ def _plr_edges(plr: np.ndarray) -> np.ndarray:
 
 
 def _regimes(tree: xr.DataTree) -> xr.Dataset | None:
-    if "analysis" in tree.children and "regimes" in tree["analysis"].children:
+    if "regimes" in stored_analyses(tree):
         return tree["analysis/regimes"].to_dataset()[["regime_mode", "boundary_geomean"]].load()
     return None
 
@@ -197,8 +204,10 @@ def regime_spans(tree: xr.DataTree) -> list[tuple[str, float, float]]:
     Empty when the store has no ``regimes`` analysis.
     """
     regimes = _regimes(tree)
-    if regimes is None:
-        return []
+    return [] if regimes is None else _spans(regimes)
+
+
+def _spans(regimes: xr.Dataset) -> list[tuple[str, float, float]]:
     labels = [str(v) for v in regimes.regime_mode.values]
     edges = _plr_edges(regimes.plr.values)
     spans = []
@@ -227,22 +236,22 @@ def regime_marks(tree: xr.DataTree, label_y: float, *, shade: bool = True) -> li
     list
         VSpans (when ``shade``), the name of each span, and a dashed VLine at each boundary.
     """
+    regimes = _regimes(tree)
+    if regimes is None:
+        return []
     marks = []
-    for label, start, stop in regime_spans(tree):
+    for label, start, stop in _spans(regimes):
         if shade:
             color = REGIME_COLORS.get(label, "gray")
             marks.append(style(hv.VSpan(start, stop), {"alpha": 0.13}, {"color": color, "line_alpha": 0},
-                                {"facecolor": color, "edgecolor": "none"}))
+                               {"facecolor": color, "edgecolor": "none"}))
         text = hv.Text(math.sqrt(start * stop), label_y, label)
         marks.append(style(text, {"color": REGIME_COLORS.get(label, "gray")}, {"text_font_size": "11pt"},
-                            {"fontsize": 11}))
-    regimes = _regimes(tree)
-    if regimes is not None:
-        for value in regimes.boundary_geomean.values:
-            if np.isfinite(value):
-                marks.append(style(hv.VLine(float(value)), {"color": "#555555"},
-                                    {"line_dash": "dashed", "line_width": 1.5},
-                                    {"linestyle": "--", "linewidth": 1.2}))
+                           {"fontsize": 11}))
+    for value in regimes.boundary_geomean.values:
+        if np.isfinite(value):
+            marks.append(style(hv.VLine(float(value)), {"color": "#555555"}, {"line_dash": "dashed", "line_width": 1.5},
+                               {"linestyle": "--", "linewidth": 1.2}))
     return marks
 
 
@@ -279,9 +288,9 @@ def vs_plr(tree: xr.DataTree, elements: list, values, *, title: str, ylabel: hv.
 def framed(panel, *, title: str, legend: bool = True, **plot) -> hv.Overlay:
     """Size, title and legend of one panel, alike in both backends."""
     return style(panel, {"title": title, "show_legend": legend, **plot},
-                 {"width": PANEL_WIDTH, "height": PANEL_HEIGHT, "legend_position": "bottom_right",
-                  "legend_opts": {"label_text_font_size": "8pt", "background_fill_alpha": 0.7}},
-                 {"aspect": "auto", "legend_position": "best", "legend_opts": {"fontsize": 7, "framealpha": 0.7}})
+                 {"width": PANEL_WIDTH, "height": PANEL_HEIGHT, "legend_position": "right",
+                  "legend_opts": {"label_text_font_size": "8pt"}},
+                 {"aspect": "auto", "legend_position": "right", "legend_opts": {"fontsize": 7}})
 
 
 def grid_shape(n_panels: int) -> tuple[int, int]:
@@ -294,8 +303,9 @@ def _layout(panels: list, title: str) -> hv.Layout:
     """Panels side by side (see :func:`grid_shape`), with one title."""
     rows, cols = grid_shape(len(panels))
     layout = hv.Layout(panels).cols(cols)
+    # The matplotlib options serve HoloViews' own layouts (a notebook); save_png lays panels out itself.
     return style(layout, {"title": title}, {"shared_axes": False},
-                  {"sublabel_format": "", "fig_inches": (cols * PANEL_WIDTH / DPI, rows * PANEL_HEIGHT / DPI)})
+                 {"sublabel_format": "", "fig_inches": (cols * PANEL_WIDTH / DPI, rows * PANEL_HEIGHT / DPI)})
 
 
 def figure_size(obj) -> tuple[int, int]:
@@ -306,7 +316,7 @@ def figure_size(obj) -> tuple[int, int]:
 
 def _analysis(tree: xr.DataTree, name: str, variables: list[str]) -> xr.Dataset:
     """Some variables of a persisted analysis, loaded (they are one number per run or so)."""
-    if "analysis" not in tree.children or name not in tree["analysis"].children:
+    if name not in stored_analyses(tree):
         raise LrscanError(f"the store has no {name} analysis; run `lrscan analyze` first")
     return tree[f"analysis/{name}"].to_dataset()[variables].load()
 
@@ -320,8 +330,7 @@ def solution_name(label: str) -> str:
 def study_solutions(tree: xr.DataTree) -> list[str]:
     """The solutions the study compares: PT, and the ends of its pairs (FT low/high FLR, SWA)."""
     pairs = default_pairs(tree) if "finetune" in tree.children else []
-    ends = chain.from_iterable((b, a) for a, b in pairs)  # ft_high, ft_low, then swa
-    return list(dict.fromkeys(["pt", *sorted(set(ends), key=_solution_order)]))
+    return ["pt", *sorted({end for pair in pairs for end in pair}, key=_solution_order)]
 
 
 def _solution_order(label: str) -> tuple:
@@ -329,7 +338,8 @@ def _solution_order(label: str) -> tuple:
     return {"pt": 0, "swa": 1, "ft": 2}.get(kind, 3), float(value or 0)
 
 
-def percent(values: xr.DataArray) -> np.ndarray:
+def percent(values) -> np.ndarray:
+    """Fractions as percentages, as a float array."""
     return 100 * np.asarray(values, dtype=float)
 
 
@@ -338,8 +348,8 @@ def percent(values: xr.DataArray) -> np.ndarray:
 
 @figure("pt_accuracy", needs=("metrics",), title="PT test accuracy vs PLR",
         caption="Test accuracy of pre-training with a constant PLR, averaged over the logged epochs of the last "
-                "window of pre-training and over seeds; the band is ± one standard deviation over those epochs "
-                "and seeds, the dots are the seeds' own means. " + SHADING)
+                "window (20 epochs by default) of pre-training and over seeds; the band is ± one standard "
+                "deviation over those epochs and seeds, the dots are the seeds' own means. " + SHADING)
 def pt_accuracy(tree: xr.DataTree) -> hv.Overlay:
     """PT test accuracy against PLR: mean ± std over the last pre-training epochs and seeds.
 
@@ -359,15 +369,13 @@ def pt_accuracy(tree: xr.DataTree) -> hv.Overlay:
     # The std over every (seed, epoch) of the window: within-seed variance plus that of the seed means.
     std = np.sqrt((m.pt_test_acc_std**2 + (m.pt_test_acc_mean - mean) ** 2).mean("seed"))
     acc, spread = percent(mean), percent(std)
-    band = style(hv.Spread((plr, acc, spread), PLR, [TEST_ACC, SPREAD], label="± std"),
-                  {"color": "#4C72B0", "alpha": 0.25}, {"line_alpha": 0})
+    band = style(hv.Spread((plr, acc, spread), PLR, [TEST_ACC, SPREAD]), {"color": "#4C72B0", "alpha": 0.25},
+                 {"line_alpha": 0})
     seeds = style(hv.Scatter((np.repeat(plr, m.sizes["seed"]), percent(m.pt_test_acc_mean).ravel()),
-                              PLR, TEST_ACC, label="seeds"), {"color": "#222222", "alpha": 0.5},
-                   {"size": 4}, {"s": 9})
-    mean_curve = curve(plr, acc, PLR, TEST_ACC, f"mean over the last {m.attrs.get('window', 20):g} epochs",
-                        "#4C72B0")
+                             PLR, TEST_ACC, label="seeds"), {"color": "#222222", "alpha": 0.5}, {"size": 4}, {"s": 9})
+    mean_curve = curve(plr, acc, PLR, TEST_ACC, "mean ± std", "#4C72B0")
     return vs_plr(tree, [band, seeds, mean_curve], np.concatenate([acc - spread, acc + spread]),
-                   title="PT test accuracy vs PLR", ylabel=TEST_ACC)
+                  title="PT test accuracy vs PLR", ylabel=TEST_ACC)
 
 
 def _per_value(tree: xr.DataTree, acc: xr.DataArray, dim: str, name: Callable[[float], str],
@@ -380,7 +388,7 @@ def _per_value(tree: xr.DataTree, acc: xr.DataArray, dim: str, name: Callable[[f
               for value, row, color in zip(mean[dim].values, mean.values, colors(mean.sizes[dim]))]
     reference = curve(plr, pt, PLR, TEST_ACC, "PT", "#888888", dashed=True)
     return vs_plr(tree, [reference, *curves], np.concatenate([percent(mean).ravel(), pt]),
-                   title=title, ylabel=TEST_ACC)
+                  title=title, ylabel=TEST_ACC)
 
 
 @figure("ft_accuracy", needs=("metrics",), stages=("finetune",), title="FT test accuracy per FLR vs PLR",
@@ -406,9 +414,8 @@ def swa_accuracy(tree: xr.DataTree) -> hv.Overlay:
 
 
 def pair_name(pair: str) -> str:
-    """How a pair label reads: ``ft=0.001~ft=0.01`` -> ``FT (FLR 0.001) ↔ FT (FLR 0.01)``."""
-    a, _, b = str(pair).partition("~")
-    return f"{solution_name(a)} ↔ {solution_name(b)}"
+    """How a pair label reads in a legend: ``ft=0.001~swa=5`` -> ``FT 0.001 ↔ SWA 5``."""
+    return " ↔ ".join(end.replace("=", " ").upper() for end in str(pair).split("~"))
 
 
 def _pair_panel(tree: xr.DataTree, values: xr.DataArray, dim: hv.Dimension, title: str, *,
@@ -423,7 +430,8 @@ def _pair_panel(tree: xr.DataTree, values: xr.DataArray, dim: hv.Dimension, titl
 
 @figure("geometry", needs=("angles", "barriers"), title="Geometry of the solutions vs PLR",
         caption="Angle (radians; π/2 means unrelated) between the SI weight vectors of two solutions of one "
-                "pre-trained model, and the train and test error barriers (%) on the straight path between them, "
+                "pre-trained model (FT x: fine-tuned with FLR x; SWA K: the average of the last K pre-training "
+                "checkpoints), and the train and test error barriers (%) on the straight path between them, "
                 f"on a log axis where a barrier below {BARRIER_FLOOR:g}% (including 0) is drawn at "
                 f"{BARRIER_FLOOR:g}%. Mean over seeds. " + SHADING)
 def geometry(tree: xr.DataTree) -> hv.Layout:
@@ -437,24 +445,27 @@ def geometry(tree: xr.DataTree) -> hv.Layout:
     angle = _analysis(tree, "angles", ["angle"]).angle
     barriers = _analysis(tree, "barriers", ["train_barrier", "test_barrier"])
     return _layout([
-        _pair_panel(tree, angle, ANGLE, "Angle between solutions", legend=True),
+        _pair_panel(tree, angle, ANGLE, "Angle between solutions"),
         _pair_panel(tree, barriers.train_barrier, TRAIN_BARRIER, "Train error barrier", floor=BARRIER_FLOOR),
-        _pair_panel(tree, barriers.test_barrier, TEST_BARRIER, "Test error barrier", floor=BARRIER_FLOOR),
+        _pair_panel(tree, barriers.test_barrier, TEST_BARRIER, "Test error barrier", floor=BARRIER_FLOOR, legend=True),
     ], "Geometry of the solutions vs PLR")
 
 
 def _per_solution(tree: xr.DataTree, result: xr.Dataset, panel: Callable[[xr.Dataset, str], list],
                   values: Callable[[xr.Dataset], np.ndarray], ylabel: hv.Dimension, title: str,
                   chance: float) -> hv.Layout:
-    """One panel per solution the study compares (PT, SWA, FT low, FT high) with a chance line."""
+    """One panel per solution the study compares (PT, SWA, FT low, FT high), each with a chance line.
+
+    ``panel(part, solution)`` draws one solution's part of ``result``; ``values(result)`` are
+    the values every panel's y range covers (with chance), so that the panels compare.
+    """
     solutions = [s for s in study_solutions(tree) if s in set(map(str, result.solution.values))]
+    shown = np.append(values(result), 100 * chance)
     panels = []
     for i, solution in enumerate(solutions):
-        part = result.sel(solution=solution)
-        chance_line = style(hv.HLine(100 * chance), {"color": "#888888"}, {"line_dash": "dotted"},
-                             {"linestyle": ":"})
-        panels.append(vs_plr(tree, [chance_line, *panel(part, solution)], values(result), title=solution_name(solution),
-                              ylabel=ylabel, legend=i == len(solutions) - 1))
+        chance_line = style(hv.HLine(100 * chance), {"color": "#888888"}, {"line_dash": "dotted"}, {"linestyle": ":"})
+        panels.append(vs_plr(tree, [chance_line, *panel(result.sel(solution=solution), solution)], shown,
+                             title=solution_name(solution), ylabel=ylabel, legend=i == len(solutions) - 1))
     return _layout(panels, title)
 
 
@@ -479,11 +490,11 @@ def features(tree: xr.DataTree) -> hv.Layout:
         sorted_acc = part.sorted_acc_mean.transpose("rank", "plr")
         ranks = colored_lines(plr, percent(sorted_acc), sorted_acc["rank"].values, [PLR, FEATURE_ACC], rank)
         full = curve(plr, percent(part.test_acc.mean("seed")), PLR, FEATURE_ACC, "full test set", "#000000",
-                      dashed=True)
+                     dashed=True)
         return [ranks, full]
 
     def values(result: xr.Dataset) -> np.ndarray:
-        return np.concatenate([percent(result.sorted_acc_mean).ravel(), percent(result.test_acc).ravel(), [50]])
+        return np.concatenate([percent(result.sorted_acc_mean).ravel(), percent(result.test_acc).ravel()])
 
     chance = tree["analysis/features"].attrs.get("chance", 0.5)
     return _per_solution(tree, result, curves, values, FEATURE_ACC, "Sorted single-feature accuracies vs PLR", chance)
@@ -533,12 +544,13 @@ def group_norms(tree: xr.DataTree) -> hv.Layout:
     share = 100 * counts / counts.sum("bin")
     plr = share.plr.values
     mesh = style(hv.QuadMesh((_plr_edges(plr), edges, share.values.T), [PLR, LOG_NORM], CHANNELS),
-                  {"cmap": "Blues", "colorbar": True})
+                 {"cmap": "Blues", "colorbar": True})
+    # The mesh fills the panel, so the regimes are named and their boundaries drawn, not shaded.
     overview = vs_plr(tree, [mesh], edges, title="Channel norms vs PLR", ylabel=LOG_NORM, shade=False,
-                       ylim=(edges[0], edges[-1] + 0.15 * (edges[-1] - edges[0])), legend=False)
+                      ylim=(edges[0], edges[-1] + 0.15 * (edges[-1] - edges[0])), legend=False)
     chosen = _representatives(tree, plr)
-    histograms = [style(hv.Histogram((edges, share.sel(plr=p).values), kdims=[LOG_NORM], vdims=[CHANNELS], label=f"PLR {p:.3g}"),
-                         {"color": c, "alpha": 0.45})
+    histograms = [style(hv.Histogram((edges, share.sel(plr=p).values), kdims=[LOG_NORM], vdims=[CHANNELS],
+                                     label=f"PLR {p:.3g}"), {"color": c, "alpha": 0.45})
                   for p, c in zip(chosen, colors(len(chosen), "plasma"))]
     one_per_regime = framed(hv.Overlay(histograms), title="Channel norms at one PLR per regime")
     return _layout([overview, one_per_regime], "Weight-group norm histograms")
@@ -549,8 +561,8 @@ def _representatives(tree: xr.DataTree, plr: np.ndarray) -> list[float]:
     spans = regime_spans(tree)
     if not spans:
         return sorted({float(plr[0]), float(plr[len(plr) // 2]), float(plr[-1])})
-    return [float(plr[(plr >= start) & (plr < stop)][((plr >= start) & (plr < stop)).sum() // 2])
-            for _, start, stop in spans]
+    inside = [plr[(plr >= start) & (plr < stop)] for _, start, stop in spans]
+    return [float(span[len(span) // 2]) for span in inside]
 
 
 @figure("training_curves", needs=(), title="Training curves",
@@ -596,42 +608,49 @@ def training_curves(tree: xr.DataTree, flr: float | None = None) -> hv.Layout:
 
 
 def summary(tree: xr.DataTree) -> str:
-    """One paragraph on the results: best PLR range, convergence threshold, best FT/SWA accuracy.
+    """One paragraph on the results: best FT and SWA accuracy, best PLR range, threshold, regimes.
 
     The *best PLR range* is the PLRs whose best fine-tuned test accuracy (over FLRs, mean over
-    seeds) is within ``BEST_MARGIN`` points of the best, or of the PT accuracy without fine-tuning.
+    seeds) is within ``BEST_MARGIN`` points of the best (the PT accuracy without fine-tuning).
     """
-    spec = tree.attrs["spec"]
-    sweep = spec["sweep"]
+    sweep = tree.attrs["spec"]["sweep"]
     plr = np.asarray(sweep["plr"])
-    n_seeds = len(sweep["seeds"]) * len(spec["data"].get("seeds", [0]))
+    n_seeds = len(sweep["seeds"]) * len(tree.attrs["spec"]["data"].get("seeds", [0]))
     parts = [f"{sweep['model']} on {sweep['dataset']}: {len(plr)} PLRs from {plr.min():.3g} to {plr.max():.3g}, "
              f"{len(sweep['flr'])} FLRs, {n_seeds} seeds."]
-    metrics = _analysis(tree, "metrics", [v for v in ("pt_test_acc_mean", "ft_test_acc", "swa_test_acc")
-                                          if v in tree["analysis/metrics"].data_vars])
+    if "metrics" in stored_analyses(tree):
+        parts += _accuracy_summary(tree)
+    parts.append(_regime_summary(tree))
+    return " ".join(parts)
+
+
+def _accuracy_summary(tree: xr.DataTree) -> list[str]:
+    stored = tree["analysis/metrics"].data_vars
+    wanted = [v for v in ("pt_test_acc_mean", "ft_test_acc", "swa_test_acc") if v in stored]
+    metrics = _analysis(tree, "metrics", wanted)
+    parts = []
     if "ft_test_acc" in metrics:
         ft = metrics.ft_test_acc.mean("seed")
-        per_plr = ft.max("flr")
         best = ft.where(ft == ft.max(), drop=True)
         parts.append(f"Best fine-tuned test accuracy {100 * float(ft.max()):.1f}% "
                      f"(PLR {float(best.plr[0]):.3g}, FLR {float(best.flr[0]):.3g}).")
-    else:
-        per_plr = metrics.pt_test_acc_mean.mean("seed")
     if "swa_test_acc" in metrics:
         swa = metrics.swa_test_acc.mean("seed")
         best = swa.where(swa == swa.max(), drop=True)
         parts.append(f"Best SWA test accuracy {100 * float(swa.max()):.1f}% "
                      f"(PLR {float(best.plr[0]):.3g}, K = {int(best.swa[0])}).")
+    kind = "fine-tuned" if "ft_test_acc" in metrics else "PT"
+    per_plr = metrics.ft_test_acc.mean("seed").max("flr") if "ft_test_acc" in metrics else \
+        metrics.pt_test_acc_mean.mean("seed")
     near = per_plr.plr.values[(per_plr >= per_plr.max() - BEST_MARGIN / 100).values]
     if near.size:
-        parts.append(f"Best PLR range (within {BEST_MARGIN:g} point of the best{' fine-tuned' if 'ft_test_acc' in metrics else ''} "
-                     f"accuracy): {near.min():.3g} to {near.max():.3g}.")
-    parts.append(_regime_summary(tree))
-    return " ".join(p for p in parts if p)
+        parts.append(f"Best PLR range (within {BEST_MARGIN:g} point of the best {kind} accuracy): "
+                     f"{near.min():.3g} to {near.max():.3g}.")
+    return parts
 
 
 def _regime_summary(tree: xr.DataTree) -> str:
-    if not ("analysis" in tree.children and "regimes" in tree["analysis"].children):
+    if "regimes" not in stored_analyses(tree):
         return "No regimes analysis yet."
     regimes = tree["analysis/regimes"].to_dataset()[["boundary_log10_mean", "boundary_log10_std"]].load()
     threshold = regimes.sel(boundary="1|2")
@@ -745,7 +764,7 @@ def write_figures(tree: xr.DataTree, out: str | os.PathLike, store_name: str = "
     LrscanError
         If the store has no analyses yet.
     """
-    if "analysis" not in tree.children:
+    if not stored_analyses(tree):
         raise LrscanError(f"the store has no analyses yet; run `lrscan analyze {store_name or 'STORE'}` first")
     out = Path(out)
     try:
@@ -759,38 +778,39 @@ def write_figures(tree: xr.DataTree, out: str | os.PathLike, store_name: str = "
             skipped[name] = reason
             continue
         obj = fig.func(tree)
-        written[name] = (save_html(obj, out / f"{name}.html", fig.title, fig.caption), save_png(obj, out / f"{name}.png"))
+        written[name] = (save_html(obj, out / f"{name}.html", fig.title, fig.caption),
+                         save_png(obj, out / f"{name}.png"))
     index = out / "index.html"
     index.write_text(_index_page(tree, store_name, written, skipped), encoding="utf-8")
     return Written(index, written, skipped)
 
 
+INDEX_STYLE = """body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
+section{margin:2em 0} img{border:1px solid #ddd;max-width:100%}
+th{text-align:left;padding-right:1em;font-weight:normal;color:#555} td{font-family:monospace}"""
+
+
 def _index_page(tree: xr.DataTree, store_name: str, written: dict, skipped: dict) -> str:
     """The index: summary, a section per figure (thumbnail, caption, links), skipped figures, the spec."""
-    sections = []
-    for name, (page, png) in written.items():
-        fig = FIGURES[name]
-        sections.append(
-            f"<section><h2>{html.escape(fig.title)}</h2><p>{html.escape(fig.caption)}</p>"
-            f"<a href='{page.name}'><img src='{png.name}' alt='{html.escape(fig.title)}'></a>"
-            f"<p><a href='{page.name}'>interactive ({page.name})</a> · <a href='{png.name}'>image ({png.name})</a>"
-            f"</p></section>")
-    missing = "".join(f"<li>{html.escape(FIGURES[n].title)}: {html.escape(r)}</li>" for n, r in skipped.items())
-    spec_rows = "".join(
-        f"<tr><th>{html.escape(table)}.{html.escape(key)}</th><td>{html.escape(json.dumps(value))}</td></tr>"
-        for table, fields in tree.attrs["spec"].items() for key, value in fields.items())
+    esc = html.escape
+    sections = "".join(
+        f"<section><h2>{esc(FIGURES[name].title)}</h2><p>{esc(FIGURES[name].caption)}</p>"
+        f"<a href='{page.name}'><img src='{png.name}' alt='{esc(FIGURES[name].title)}'></a>"
+        f"<p><a href='{page.name}'>interactive ({page.name})</a> · <a href='{png.name}'>image ({png.name})</a></p>"
+        "</section>"
+        for name, (page, png) in written.items())
+    missing = "".join(f"<li>{esc(FIGURES[name].title)}: {esc(reason)}</li>" for name, reason in skipped.items())
+    spec_rows = "".join(f"<tr><th>{esc(table)}.{esc(key)}</th><td>{esc(json.dumps(value))}</td></tr>"
+                        for table, fields in tree.attrs["spec"].items() for key, value in fields.items())
     title = f"lrscan figures: {store_name}" if store_name else "lrscan figures"
+    made = f"created {tree.attrs.get('created', '?')}, lrscan {tree.attrs.get('lrscan_version', '?')}"
     return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>body{{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}}
-section{{margin:2em 0}} img{{border:1px solid #ddd;max-width:100%}} th{{text-align:left;padding-right:1em;font-weight:normal;
-color:#555}} td{{font-family:monospace}}</style></head>
-<body><h1>{html.escape(title)}</h1>
-<p id="summary">{html.escape(summary(tree))}</p>
-{''.join(sections)}
+<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title><style>{INDEX_STYLE}</style></head>
+<body><h1>{esc(title)}</h1>
+<p id="summary">{esc(summary(tree))}</p>
+{sections}
 {f'<h2>Not drawn</h2><ul>{missing}</ul>' if missing else ''}
-<h2>Spec</h2><p>created {html.escape(str(tree.attrs.get('created', '')))}, lrscan {html.escape(str(tree.attrs.get('lrscan_version', '')))}</p>
+<h2>Spec</h2><p>{esc(made)}</p>
 <table>{spec_rows}</table>
 </body></html>
 """
-

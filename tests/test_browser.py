@@ -1,0 +1,84 @@
+"""lrscan's figure pages and explorer in headless Chromium: they load cleanly, draw, and respond.
+
+Skipped only when Debian's chromium / chromium-driver are not installed (.ci/run installs them).
+"""
+
+import pytest
+
+import lrscan
+from lrscan.plot.explore import serve
+from tests.browser import (
+    analyzed_store, bokeh_rendered, chromium_driver, console_errors, free_port, ink, quit_driver, wait_for,
+    written_figures,
+)
+
+# JavaScript: the text of every plot title in the page's Bokeh document (none before it exists).
+TITLES = ("return window.Bokeh && Bokeh.documents.length ? [...Bokeh.documents[0].all_models]"
+          ".filter(m => m.type === 'Title' && m.text).map(m => m.text) : []")
+
+
+@pytest.fixture(scope="module")
+def driver():
+    browser = chromium_driver()
+    yield browser
+    quit_driver(browser)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, trained_small):
+    return analyzed_store(tmp_path_factory, trained_small)
+
+
+@pytest.fixture(scope="module")
+def figures_dir(tmp_path_factory, store):
+    out, result = written_figures(tmp_path_factory, store)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def plot_ink(driver) -> float:
+    """Ink of the screenshot within the plot's root element (not the page's title and caption)."""
+    box = driver.execute_script(
+        "const r = document.querySelector('[data-root-id] > *').getBoundingClientRect();"
+        "return [r.left, r.top, r.width, r.height, window.devicePixelRatio]")
+    return ink(driver, box)
+
+
+def test_index_page_loads_cleanly_and_shows_every_figure(driver, figures_dir):
+    driver.get((figures_dir / "index.html").as_uri())
+    images = driver.execute_script(
+        "return [...document.images].map(i => [i.getAttribute('src'), i.complete && i.naturalWidth > 0])")
+    assert len(images) == 7 and all(loaded for _, loaded in images), images
+    assert console_errors(driver) == []
+    assert ink(driver) > 0.05
+    assert "Best fine-tuned test accuracy" in driver.find_element("id", "summary").text
+
+
+@pytest.mark.parametrize("name", ["geometry", "training_curves"])
+def test_a_figure_page_renders_its_plot_offline(driver, figures_dir, name):
+    driver.get((figures_dir / f"{name}.html").as_uri())
+    wait_for(lambda: bokeh_rendered(driver))
+    assert console_errors(driver) == []
+    assert plot_ink(driver) > 0.05, "the plot area is blank"
+    assert len(driver.execute_script(TITLES)) >= 2
+
+
+def test_explorer_renders_and_a_widget_updates_its_plots(driver, store):
+    port = free_port()
+    server = serve(lrscan.open(store), port, block=False)
+    try:
+        driver.get(f"http://localhost:{port}/")
+        wait_for(lambda: "Run PLR 0.003, seed 0: accuracy" in driver.execute_script(TITLES), timeout=60)
+        assert console_errors(driver) == []
+        assert ink(driver) > 0.05
+        before = driver.execute_script(TITLES)
+        driver.execute_script(
+            "const doc = Bokeh.documents[0];"
+            "const seed = [...doc.all_models].find(m => m.title === 'seed' && m.options !== undefined);"
+            "seed.value = '1';")
+        after = wait_for(lambda: "Run PLR 0.003, seed 1: accuracy" in driver.execute_script(TITLES)
+                         and driver.execute_script(TITLES), timeout=30)
+        assert "Run PLR 0.003, seed 0: accuracy" in before and "Run PLR 0.003, seed 0: accuracy" not in after
+        assert console_errors(driver) == []
+    finally:
+        server.stop()
