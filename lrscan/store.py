@@ -309,11 +309,11 @@ class StoreWriter:
 CLAIM_TTL = 600.0
 
 
-def claims_dir(store: str | os.PathLike) -> Path:
-    """Where claims on a store's batches live: beside the store (zarr would take files
-    inside it for broken parts of its hierarchy)."""
-    store = Path(store)
-    return store.parent / f".{store.name}.claims"
+def beside(store: str | os.PathLike, what: str) -> Path:
+    """A folder of lrscan's own next to a local store, ``.<store name>.<what>`` (claims,
+    snapshots): zarr would take files inside the store for broken parts of its hierarchy."""
+    store = Path(_fs(store)[1])
+    return store.parent / f".{store.name}.{what}"
 
 
 class Claim:
@@ -328,7 +328,7 @@ class Claim:
 
     def __init__(self, store: str | os.PathLike, stage: str, batch: int):
         self.local = is_local(store)
-        self.path = claims_dir(_fs(store)[1] if self.local else "remote") / f"{stage}-{batch}"
+        self.path = beside(store if self.local else "remote", "claims") / f"{stage}-{batch}"
         self.held = False
 
     def __enter__(self) -> "Claim":

@@ -15,7 +15,7 @@ import lrscan
 from lrscan.cli import main
 from lrscan.errors import LrscanError
 from lrscan.spec import load_spec
-from lrscan.store import Claim, claims_dir, verify
+from lrscan.store import Claim, beside, verify
 from lrscan.testing import assert_stores_identical
 from lrscan.train.sweep import train
 from tests.conftest import SMALL
@@ -103,7 +103,7 @@ def test_claims_keep_concurrent_processes_apart(tmp_path):
         with Claim(tmp_path, "pretrain", 0) as other:
             # Our own live claim: a second claim in this process is a leftover to take over.
             assert other.held
-    claims = claims_dir(tmp_path)
+    claims = beside(tmp_path, "claims")
     claims.mkdir(exist_ok=True)
     # A claim of a live process on this host (pid 1) is respected...
     (claims / "pretrain-1").write_text(f'{{"host": "{os.uname().nodename}", "pid": 1}}')
@@ -134,7 +134,7 @@ def test_two_processes_on_one_store_split_the_work(reference, tmp_path):
                 written[stage] += int(n)
     assert written == {"pretrain": 4, "swa": 4, "finetune": 8}
     assert_stores_identical(reference, path)
-    assert not list(claims_dir(path).iterdir())
+    assert not list(beside(path, "claims").iterdir())
 
 
 def test_a_distributed_sweep_survives_a_killed_worker(reference, tmp_path):
@@ -223,3 +223,29 @@ def test_analyze_on_a_local_cluster_matches_in_process(reference, tmp_path):
     tree = lrscan.open(path)
     xr.testing.assert_allclose(tree["analysis/angles"].to_dataset().load().drop_attrs(),
                                tree.lrscan.angles().compute().drop_attrs())
+
+
+def test_a_batch_killed_mid_way_resumes_from_its_last_snapshot(reference, tmp_path, monkeypatch):
+    """With a snapshot at every logged step, a crash in the middle of a batch loses only the
+    steps since its last row, and the finished store is still identical."""
+    import lrscan.train.sweep as sweep_module
+
+    monkeypatch.setattr(sweep_module, "SNAPSHOT_SECONDS", 0.0)
+    path = tmp_path / "snap.zarr"
+    pretrain_steps = 4 * 16
+
+    def crash(progress):  # in the first fine-tuning batch, after its first logged epoch
+        if progress.phase == "finetune" and progress.done > pretrain_steps + 3 * 4:
+            raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        train(load_spec(overrides=SPLIT), path, progress=crash)
+    snapshots = list(beside(path, "resume").glob("*.npz"))
+    assert [p.name for p in snapshots] == ["finetune-0.npz"]
+    seen = []
+    train(load_spec(overrides=SPLIT), path, progress=lambda p: seen.append(p))
+    # Fine-tuning is 3 batches (3, 3 and 2 runs) of 8 steps: 64 model-steps. The first batch
+    # went on from its snapshot after its first logged epoch (4 of 8 steps), so 12 fewer.
+    assert seen[-1].total == 64 and seen[-1].done == 64 - 3 * 4
+    assert not list(beside(path, "resume").glob("*.npz"))  # removed once the batch is written
+    assert_stores_identical(reference, path)

@@ -7,6 +7,7 @@ sets at the logged steps and copies their weights at the checkpoint steps.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -30,6 +31,21 @@ class DeviceData:
     y_train: Tensor
     x_test: Tensor
     y_test: Tensor
+
+
+@dataclass
+class Snapshot:
+    """The state of a stage's M runs at a logged step: enough to continue exactly from there.
+
+    Taken right after a metric row, when the gradient-norm accumulator is empty, so the
+    weights, the rows and checkpoints so far and the divergence steps are all there is.
+    """
+
+    step: int
+    si: dict[str, np.ndarray]
+    metrics: dict[str, np.ndarray]
+    weights: np.ndarray
+    diverged: np.ndarray
 
 
 @dataclass
@@ -72,6 +88,9 @@ def run_stage(
     steps_per_epoch: int,
     eval_chunk: int = EVAL_CHUNK,
     progress: Callable[[int], None] | None = None,
+    resume: Snapshot | None = None,
+    snapshot: Callable[[Snapshot], None] | None = None,
+    snapshot_every: float = 60.0,
 ) -> StageResult:
     """Train the engine's M runs through one stage.
 
@@ -91,6 +110,11 @@ def run_stage(
         Batch geometry; an epoch is one pass over a fresh permutation of the training set.
     progress
         Called with the number of model-steps done since its last call.
+    resume
+        A snapshot of this very stage and batch to continue from, instead of its start.
+    snapshot, snapshot_every
+        Called with a :class:`Snapshot` at a logged step whenever ``snapshot_every``
+        seconds have passed since the last one.
     """
     device = elr.device
     m = engine.n_runs
@@ -105,10 +129,14 @@ def run_stage(
     weights = np.full((m, len(ckpt_index), engine.flat().shape[1]), np.nan, dtype=np.float32)
     diverged = np.full(m, -1, dtype=np.int64)
     grad_sum = torch.zeros(m, device=device)
-    grad_count, last_reported = 0, stage.start
+    first = stage.start if resume is None else resume.step
+    grad_count, last_reported, last_snapshot = 0, first, time.monotonic()
+    if resume is not None:
+        engine.si = {name: torch.from_numpy(value).to(device) for name, value in resume.si.items()}
+        metrics, weights, diverged = resume.metrics, resume.weights, resume.diverged
 
     def record(step: int) -> None:
-        nonlocal grad_sum, grad_count, last_reported
+        nonlocal grad_sum, grad_count, last_reported, last_snapshot
         if step in log_index:
             i = log_index[step]
             train_loss, train_acc = engine.evaluate(data.x_train, data.y_train, which_data, eval_chunk)
@@ -129,10 +157,14 @@ def run_stage(
                 last_reported = step
         if step in ckpt_index:
             weights[:, ckpt_index[step]] = to_numpy(engine.flat())
+        if snapshot is not None and step in log_index and time.monotonic() - last_snapshot >= snapshot_every:
+            snapshot(Snapshot(step, {n: to_numpy(p).copy() for n, p in engine.si.items()}, metrics, weights, diverged))
+            last_snapshot = time.monotonic()
 
-    record(stage.start)
+    if resume is None:
+        record(stage.start)
     epoch, order = None, None
-    for step in range(stage.start, stage.stop):
+    for step in range(first, stage.stop):
         if step // steps_per_epoch != epoch:
             epoch = step // steps_per_epoch
             order = epoch_order(distinct, stage.name, epoch, n_train, device)

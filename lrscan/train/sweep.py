@@ -19,13 +19,15 @@ import torch
 from lrscan.data import DATASETS, Data
 from lrscan.models import MODELS
 from lrscan.spec import Spec
-from lrscan.store import Claim, RunData, StoreWriter, create_or_check
+from lrscan.store import Claim, RunData, StoreWriter, beside, create_or_check, is_local
 from lrscan.train.engine import Engine, layout, project, si_norm, swa_average, to_numpy
-from lrscan.train.loop import EVAL_CHUNK, DeviceData, run_stage, seed_key
+from lrscan.train.loop import EVAL_CHUNK, DeviceData, Snapshot, run_stage, seed_key
 from lrscan.train.plan import Plan
 
 # Buffered checkpoints of one batch of runs stay under this many bytes.
 BATCH_BYTES = 1 << 30
+# Seconds of training between snapshots of a batch in flight (local stores only).
+SNAPSHOT_SECONDS = 60.0
 
 
 @dataclass
@@ -189,11 +191,12 @@ class Sweep:
 
             batch = Batch(batch.index, batch.runs, todo)
             setup, plan, writer, spec = self.setup, self.plan, self.writer, self.setup.spec
+            snapshots = SnapshotFile(self.store, stage, batch) if is_local(self.store) else None
             if stage == "pretrain":
                 runs = [plan.runs[s] for _, s in batch.runs]
                 start = torch.stack([setup.init_weights(r.train_seed, r.data_seed) for r in runs])
                 _train_batch(setup, writer, stage, batch, start, [spec.plr[p] for p, _ in batch.runs],
-                             self.batched, beat)
+                             self.batched, beat, snapshots)
             elif stage == "swa":
                 _swa_batch(setup, writer, batch)
             else:
@@ -202,7 +205,9 @@ class Sweep:
                     np.stack([writer.read_weights("pretrain", (p, s), [branch])[0] for p, _, s in batch.runs])
                 )
                 _train_batch(setup, writer, stage, batch, start, [spec.flr[f] for _, f, _ in batch.runs],
-                             self.batched, beat)
+                             self.batched, beat, snapshots)
+            if snapshots is not None:
+                snapshots.remove()
         return len(todo)
 
 
@@ -307,7 +312,37 @@ def _run_on_cluster(sweep: Sweep, stage: str, client, tick: Callable[[int], None
     return written
 
 
-def _train_batch(setup, writer, stage_name, batch: Batch, start, elr, batched, tick) -> None:
+class SnapshotFile:
+    """Where a batch in flight keeps its latest :class:`Snapshot`: ``.<store>.resume/`` beside
+    the store, one ``.npz`` per batch (plain arrays, no pickles), replaced atomically."""
+
+    def __init__(self, store, stage: str, batch: Batch):
+        self.path = beside(store, "resume") / f"{stage}-{batch.index}.npz"
+        self.runs = np.array(batch.runs)
+
+    def load(self) -> Snapshot | None:
+        try:
+            with np.load(self.path, allow_pickle=False) as f:
+                if not np.array_equal(f["runs"], self.runs):
+                    return None
+                group = lambda prefix: {k[len(prefix):]: f[k] for k in f.files if k.startswith(prefix)}  # noqa: E731
+                return Snapshot(int(f["step"]), group("si/"), group("metrics/"), f["weights"], f["diverged"])
+        except (OSError, KeyError, ValueError):
+            return None  # none yet, or one cut short: start the batch over
+
+    def save(self, snap: Snapshot) -> None:
+        self.path.parent.mkdir(exist_ok=True)
+        tmp = self.path.with_suffix(".tmp.npz")
+        np.savez(tmp, runs=self.runs, step=snap.step, weights=snap.weights, diverged=snap.diverged,
+                 **{f"si/{k}": v for k, v in snap.si.items()}, **{f"metrics/{k}": v for k, v in snap.metrics.items()})
+        os.replace(tmp, self.path)
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _train_batch(setup, writer, stage_name, batch: Batch, start, elr, batched, tick,
+                 snapshots: SnapshotFile | None = None) -> None:
     plan = setup.plan
     stage = getattr(plan, stage_name)
     runs = [plan.runs[idx[-1]] for idx in batch.runs]
@@ -322,6 +357,9 @@ def _train_batch(setup, writer, stage_name, batch: Batch, start, elr, batched, t
         batch_size=setup.spec.batch_size,
         steps_per_epoch=plan.steps_per_epoch,
         progress=tick,
+        resume=snapshots.load() if snapshots is not None else None,
+        snapshot=snapshots.save if snapshots is not None else None,
+        snapshot_every=SNAPSHOT_SECONDS,
     )
     writer.write_runs(stage_name, [
         RunData(
