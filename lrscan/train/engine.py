@@ -168,12 +168,17 @@ class Engine:
         """
         losses, accs = [], []
         for start in range(0, self.n_runs, chunk):
-            # The last chunk repeats the last run to keep one shape (one compilation).
-            rows = torch.arange(start, start + chunk, device=which.device).clamp(max=self.n_runs - 1)
+            if start + chunk <= self.n_runs:
+                rows = slice(start, start + chunk)  # views: no copies
+            else:  # the last chunk repeats the last run to keep one shape (one compilation)
+                rows = torch.arange(start, start + chunk, device=which.device).clamp(max=self.n_runs - 1)
             idx = which[rows]
-            xs = x[idx[0]].expand(chunk, *x.shape[1:]) if x.shape[0] == 1 else x[idx]
+            if x.shape[0] == 1:  # one dataset: broadcast it rather than copy it per run
+                xs, ys = x[0].expand(chunk, *x.shape[1:]), y[0].expand(chunk, *y.shape[1:])
+            else:
+                xs, ys = x[idx], y[idx]
             pick = lambda params: {n: p[rows] for n, p in params.items()}  # noqa: E731
-            loss, acc = self._eval(pick(self.si), pick(self.frozen), xs, y[idx])
+            loss, acc = self._eval(pick(self.si), pick(self.frozen), xs, ys)
             losses.append(loss)
             accs.append(acc)
         return torch.cat(losses)[: self.n_runs], torch.cat(accs)[: self.n_runs]
