@@ -366,14 +366,24 @@ class Claim:
         except (OSError, ValueError):
             return False  # being written or just released: look again later
         if owner.get("host") == socket.gethostname() and "pid" in owner:
-            try:
-                os.kill(owner["pid"], 0)
-            except ProcessLookupError:
-                return True
-            except PermissionError:
-                return False
-            return owner["pid"] == os.getpid()  # our own leftover (e.g. a retried task)
+            return owner["pid"] == os.getpid() or not _alive(owner["pid"])  # our own: a leftover
         return age > CLAIM_TTL
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process of this host is running (a killed one its parent has not yet
+    reaped, a zombie, is not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True  # no /proc here: trust the signal check
 
 
 RUN_FLAGS = ("done", "checksum", "diverged_epoch")

@@ -116,6 +116,13 @@ def test_claims_keep_concurrent_processes_apart(tmp_path):
     with Claim(tmp_path, "pretrain", 2) as claim:
         assert claim.held
     assert not (claims / "pretrain-2").exists()
+    # ...and so is one of a killed process its parent has not reaped yet (a zombie).
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])
+    time.sleep(0.5)
+    (claims / "pretrain-3").write_text(f'{{"host": "{os.uname().nodename}", "pid": {zombie.pid}}}')
+    with Claim(tmp_path, "pretrain", 3) as claim:
+        assert claim.held
+    zombie.wait()
 
 
 def test_two_processes_on_one_store_split_the_work(reference, tmp_path):
