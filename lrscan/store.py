@@ -39,6 +39,7 @@ import xarray as xr
 import fsspec
 import zarr
 import zarr.api.asynchronous
+from zarr.core.sync import sync as zarr_sync
 
 import lrscan
 from lrscan.errors import LrscanError
@@ -276,7 +277,8 @@ class StoreWriter:
         write (a full disk, say) leaves the runs not done, to be redone by the next train.
         """
         try:
-            asyncio.run(self._write_runs(stage, runs))
+            # On zarr's own event loop (as its sync API does), not a second loop of ours.
+            zarr_sync(self._write_runs(stage, runs))
         except OSError as err:
             raise LrscanError(
                 f"could not write to the store at {self.path}: {err.strerror or err}; runs finished "
