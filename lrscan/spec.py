@@ -225,7 +225,13 @@ def resolve(tables: Mapping[str, Any]) -> Spec:
     if len(set(swa)) != len(swa):
         raise LrscanError(f"swa has repeated values: {list(swa)}")
     radius = get("radius")
-    radius = model_entry.radius(model_options) if radius is None else number("radius", radius, positive=True)
+    if model_entry.update != "sphere":
+        if radius is not None:
+            raise LrscanError(f"model {model!r} is not trained on a sphere; remove radius = {radius!r}")
+    elif radius is None:
+        radius = float(model_entry.radius(model_options))
+    else:
+        radius = float(number("radius", radius, positive=True))
     return Spec(
         model=model,
         dataset=dataset,
@@ -239,7 +245,7 @@ def resolve(tables: Mapping[str, Any]) -> Spec:
         log_every=number("log_every", get("log_every"), positive=True),
         checkpoint_epochs=_checkpoints(get("checkpoint_epochs"), end),
         swa=tuple(sorted(swa)),
-        radius=float(radius),
+        radius=radius,
         device=_device(get("device")),
         compile=_boolean("compile", get("compile")),
         runs_per_batch=integer("runs_per_batch", get("runs_per_batch"), minimum=1),

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+import torch
 from torch import Tensor
 
 from lrscan.registry import Registry
@@ -16,7 +17,19 @@ from lrscan.registry import Registry
 
 @dataclass(frozen=True)
 class Data:
-    """One dataset instance: float inputs, integer class labels, and named extra test sets."""
+    """One dataset instance: float inputs, integer class labels, and named extra test sets.
+
+    Attributes
+    ----------
+    normalization
+        For images, the per-channel ``(mean, std)`` that turned pixels in [0, 1] into the
+        inputs (``x = (pixels - mean) / std``), so that analyses can work in pixel space
+        (the frequency bands); ``None`` for data that are not images.
+    augment
+        ``augment(x, generator) -> x``: random augmentation of one training batch (B, ...)
+        drawn from ``generator`` (the trainer seeds it per run and step, so resuming
+        reproduces it); ``None`` for no augmentation.
+    """
 
     x_train: Tensor
     y_train: Tensor
@@ -24,6 +37,8 @@ class Data:
     y_test: Tensor
     n_classes: int
     extra: Mapping[str, tuple[Tensor, Tensor]] = field(default_factory=dict)
+    normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    augment: Callable[[Tensor, torch.Generator], Tensor] | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:

@@ -28,7 +28,8 @@ class ModelEntry:
         ``is_si(parameter_name) -> bool``: whether a parameter belongs to the scale-invariant
         group whose joint norm the trainer fixes to the radius.
     radius
-        ``radius(options) -> float``: the default radius of the SI group.
+        ``radius(options) -> float | None``: the default radius of the SI group (about the
+        norm of its default initialisation); ``None`` for a model not trained on a sphere.
     defaults
         Every option with its default value (the ``[model]`` table of a spec).
     validate
@@ -37,14 +38,22 @@ class ModelEntry:
         ``forward_batched(module, params, x) -> logits`` for M runs at once, with every
         parameter stacked along a leading run axis and ``x`` of shape (M, B, ...); ``None``
         when the model cannot be batched (the trainer then steps runs one at a time).
+        Models with BatchNorm are not batched: their running statistics are buffers that
+        the trainer keeps per run.
+    update
+        How the trainable parameters move: ``"sphere"`` (projected SGD on the SI group, the
+        study's protocol: every trainable parameter must be SI), ``"sgd"`` (ordinary SGD
+        with the options ``momentum`` and ``weight_decay``) or ``"adam"`` (Adam with coupled
+        weight decay, options ``weight_decay`` and optionally ``betas``).
     """
 
     build: Callable[[Mapping[str, Any], tuple[int, ...], int], nn.Module]
     is_si: Callable[[str], bool]
-    radius: Callable[[Mapping[str, Any]], float]
+    radius: Callable[[Mapping[str, Any]], float | None]
     defaults: Mapping[str, Any] = field(default_factory=dict)
     validate: Callable[[dict[str, Any]], dict[str, Any]] = lambda options: options
     forward_batched: Callable[[nn.Module, Mapping[str, Tensor], Tensor], Tensor] | None = None
+    update: str = "sphere"
 
 
 MODELS: Registry[ModelEntry] = Registry("model", "lrscan.models")
