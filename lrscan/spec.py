@@ -48,6 +48,7 @@ class Spec:
     radius: float | None = None
     device: str = "auto"
     compile: bool = False
+    precision: str = "fp32"
     runs_per_batch: int = 512
     model_options: Mapping[str, Any] = field(default_factory=dict)
     data_options: Mapping[str, Any] = field(default_factory=dict)
@@ -248,6 +249,7 @@ def resolve(tables: Mapping[str, Any]) -> Spec:
         radius=radius,
         device=_device(get("device")),
         compile=_boolean("compile", get("compile")),
+        precision=_choice("precision", get("precision"), ("fp32", "bf16")),
         runs_per_batch=integer("runs_per_batch", get("runs_per_batch"), minimum=1),
         model_options=model_options,
         data_options=data_options,
@@ -356,6 +358,13 @@ def _checkpoints(value, end: float) -> tuple[float, ...]:
 def _boolean(name: str, value) -> bool:
     if not isinstance(value, bool):
         raise LrscanError(f"{name} must be true or false, got {value!r}")
+    return value
+
+
+def _choice(name: str, value, choices: tuple[str, ...]) -> str:
+    value = string(name, value)
+    if value not in choices:
+        raise LrscanError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
     return value
 
 

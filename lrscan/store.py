@@ -3,7 +3,7 @@
 ::
 
     /                 attrs: lrscan_schema, lrscan_version, torch_version, spec, steps_per_epoch
-    /layers           the flat parameter vector's layout: start, stop, shape, si, trainable (dim layer)
+    /layers           the flat state vector's layout: start, stop, shape, si, trainable, buffer (dim layer)
     /pretrain/metrics train/test loss and accuracy, weight_norm, grad_norm (plr, seed, epoch);
                       done, diverged_epoch (plr, seed)
     /pretrain/weights weights (plr, seed, epoch, param) at the checkpoint epochs
@@ -163,6 +163,7 @@ def _write_skeleton(path: str, plan: Plan, layers: Sequence[Layer]) -> None:
             "shape": ("layer", np.array([",".join(map(str, l.shape)) for l in layers], dtype=object)),
             "si": ("layer", np.array([l.si for l in layers])),
             "trainable": ("layer", np.array([l.trainable for l in layers])),
+            "buffer": ("layer", np.array([l.buffer for l in layers])),
         },
         coords={"layer": np.array([l.name for l in layers], dtype=object)},
         attrs={"description": "layout of the flat parameter vector (dim param) of every weights array"},

@@ -14,7 +14,7 @@ import torch
 import xarray as xr
 
 from lrscan.spec import Spec
-from lrscan.train.engine import Engine, layout, project
+from lrscan.train.engine import layout, project
 from lrscan.train.loop import EVAL_CHUNK
 from lrscan.train.sweep import Setup
 
@@ -32,6 +32,7 @@ class Evaluator:
         self.setup = Setup.build(spec)
         self.layers = layout(self.setup.entry, self.setup.module)
         self.radius = spec.radius
+        self.group = "si" if self.setup.entry.update == "sphere" else "trainable"
         self.data_seeds = list(spec.data_seeds)
 
     @classmethod
@@ -50,9 +51,19 @@ class Evaluator:
             sets[name] = (torch.stack([d.extra[name][0] for d in data]), torch.stack([d.extra[name][1] for d in data]))
         return sets
 
-    def project(self, flat: np.ndarray) -> np.ndarray:
-        """Rescale the SI group of each row of ``flat`` (N, P) back to the sphere."""
-        return project(torch.as_tensor(flat, dtype=torch.float32), self.layers, self.radius).numpy()
+    def construct(self, flat: np.ndarray, data_index: np.ndarray) -> np.ndarray:
+        """Make constructed points (averages, points on a path) valid states, (N, P).
+
+        Puts each row's SI group back on the sphere and, for BatchNorm models, recomputes its
+        statistics on its unaugmented training set (SPEC §5), with the trainer's code.
+        """
+        flat_t = project(torch.as_tensor(np.asarray(flat), dtype=torch.float32), self.layers, self.radius)
+        if not any(layer.buffer for layer in self.layers) or flat_t.shape[0] == 0:
+            return flat_t.numpy()
+        x, _ = self.sets["train"]
+        engine = self.setup.engine(flat_t)
+        engine.recompute_bn(x.to(self.setup.device), torch.as_tensor(np.asarray(data_index)), self.setup.spec.batch_size)
+        return engine.flat().cpu().numpy()
 
     def evaluate(self, flat: np.ndarray, data_index: np.ndarray, split: str = "test") -> tuple[np.ndarray, np.ndarray]:
         """Mean loss and accuracy of each row of ``flat`` (N, P) on ``split``.
@@ -63,8 +74,7 @@ class Evaluator:
         Rows with non-finite weights (a diverged or unwritten solution) score NaN: the model
         would still output a guess for them.
 
-        Constructed points of BatchNorm models need their statistics recomputed before this
-        (SPEC §5); every analysis scores points through here, so that is where it belongs.
+        Constructed points must pass through :meth:`construct` first.
         """
         x, y = self.sets[split]
         flat_t = torch.as_tensor(np.asarray(flat), dtype=torch.float32)
@@ -72,8 +82,8 @@ class Evaluator:
         if flat_t.shape[0] == 0:
             shape = (0,) + tuple(x.shape[1:-2])
             return np.zeros(shape), np.zeros(shape)
-        engine = Engine(self.setup.entry, self.setup.module, flat_t, self.radius,
-                        batched=self.setup.entry.forward_batched is not None)
+        engine = self.setup.engine(flat_t)
+        x, y, which = x.to(self.setup.device), y.to(self.setup.device), which.to(self.setup.device)
         if x.dim() == 3:
             loss, acc = engine.evaluate(x, y, which, EVAL_CHUNK)
         else:
@@ -83,6 +93,7 @@ class Evaluator:
             loss, acc = torch.stack([o[0] for o in out], 1), torch.stack([o[1] for o in out], 1)
         finite = torch.isfinite(flat_t).all(1).view(-1, *[1] * (loss.dim() - 1))
         nan = torch.tensor(float("nan"))
+        loss, acc = loss.cpu(), acc.cpu()
         return torch.where(finite, loss, nan).numpy(), torch.where(finite, acc, nan).numpy()
 
     def data_index(self, tree: xr.DataTree) -> xr.DataArray:

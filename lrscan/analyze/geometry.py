@@ -169,12 +169,10 @@ def barriers(tree: xr.DataTree, pairs=None, swa_k: int = 5, n_points: int | None
     step = xr.DataArray(alpha.astype(np.float32), dims="alpha")
     points = ((1 - step) * ends.a + step * ends.b).transpose("plr", "seed", "pair", "alpha", "param")
     evaluator = Evaluator.of(tree)
-    flat = evaluator.project(points.values.reshape(-1, points.sizes["param"]))
     data_index = evaluator.data_index(tree).broadcast_like(points.isel(param=0, drop=True))
     data_index = data_index.transpose("plr", "seed", "pair", "alpha").values.ravel()
+    flat = evaluator.construct(points.values.reshape(-1, points.sizes["param"]), data_index)
     out = xr.Dataset(coords={**ends.drop_vars("param").coords, **_pair_coords(ends_a, ends_b), "alpha": alpha})
-    # Constructed points of BatchNorm models need their statistics recomputed first (SPEC §5);
-    # Evaluator.evaluate is where every constructed point passes, so that is where it goes.
     for split in ("train", "test"):
         _, accuracy = evaluator.evaluate(flat, data_index, split)
         error = 100 * (1 - accuracy.astype(np.float64))

@@ -84,14 +84,14 @@ def swa(tree: xr.DataTree, ks: list[int] | None = None) -> xr.Dataset:
     window = weights.isel(epoch=slice(-ks[-1], None)).transpose("plr", "seed", "epoch", "param").values
     points = swa_average(torch.from_numpy(window), ks, evaluator.layers, evaluator.radius).numpy()
     shape = points.shape[:-1]  # (plr, seed, swa)
-    flat = points.reshape(-1, points.shape[-1])
     data = np.broadcast_to(evaluator.data_index(tree).values[None, :, None], shape).reshape(-1)
+    flat = evaluator.construct(points.reshape(-1, points.shape[-1]), data)
     out = {}
     for split in ("train", "test"):
         loss, acc = evaluator.evaluate(flat, data, split)
         out[f"{split}_loss"] = (("plr", "seed", "swa"), loss.reshape(shape))
         out[f"{split}_acc"] = (("plr", "seed", "swa"), acc.reshape(shape))
-    out["weight_norm"] = (("plr", "seed", "swa"), si_norm(torch.from_numpy(flat), evaluator.layers).numpy().reshape(shape))
+    out["weight_norm"] = (("plr", "seed", "swa"), si_norm(torch.from_numpy(flat), evaluator.layers, group=evaluator.group).numpy().reshape(shape))
     return xr.Dataset(out, coords={"plr": weights.plr, "seed": weights.seed, "swa": ks})
 
 

@@ -14,7 +14,6 @@ import xarray as xr
 from lrscan.analyze import analyzer
 from lrscan.analyze.evaluate import Evaluator
 from lrscan.analyze.solutions import require_complete, solution_weights
-from lrscan.train.engine import Engine
 
 
 def _dot(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -54,12 +53,13 @@ def sharpness(tree: xr.DataTree, n_samples: int = 64, n_iter: int = 30, seed: in
     evaluator = Evaluator.of(tree)
     setup = evaluator.setup
     flat = torch.as_tensor(weights.values.reshape(-1, weights.sizes["param"]))
-    engine = Engine(setup.entry, setup.module, flat, evaluator.radius, batched=setup.entry.forward_batched is not None)
+    engine = setup.engine(flat)
+    engine.module.eval()  # the loss of the solution as it predicts (BatchNorm on its statistics)
     x, y = evaluator.sets["train"]
     index = torch.as_tensor(evaluator.data_index(tree).broadcast_like(runs).transpose(*runs.dims).values.ravel())
-    x, y = x[index], y[index]
+    x, y = x[index].to(setup.device), y[index].to(setup.device)
     # Reverse over reverse: the gradient's graph is built once, each product is one backward.
-    si = {n: p.detach().requires_grad_() for n, p in engine.si.items()}
+    si = {n: p.detach().requires_grad_() for n, p in engine.params.items()}
     grads = torch.autograd.grad(engine._loss(si, x, y), list(si.values()), create_graph=True)
 
     def hvp(v: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -73,9 +73,12 @@ DATASETS: Registry[DatasetEntry] = Registry("dataset", "lrscan.datasets")
 
 
 def _register_builtins() -> None:
-    from lrscan.data import ticks_dataset
+    from lrscan.data import images, planted, ticks_dataset
 
     DATASETS.register("ticks", ticks_dataset.ENTRY)
+    DATASETS.register("cifar10", images.CIFAR10_ENTRY)
+    DATASETS.register("cifar100", images.CIFAR100_ENTRY)
+    DATASETS.register("planted", planted.ENTRY)
 
 
 _register_builtins()

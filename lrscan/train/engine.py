@@ -1,14 +1,21 @@
-"""M runs of one model advanced in lock-step by projected SGD on the sphere (SPEC §2).
+"""M runs of one model advanced in lock-step, each with its own learning rate (SPEC §2).
 
-Every parameter is held stacked along a leading run axis.  A model whose entry has
-``forward_batched`` computes all runs in one pass; any other model is called run by run
-through ``torch.func.functional_call`` on the same stacked tensors, so both paths share
+Every parameter and float buffer is held stacked along a leading run axis.  A model whose
+entry has ``forward_batched`` computes all runs in one pass; any other model (BatchNorm
+ones: their running statistics are per-run buffers) is called run by run through
+``torch.func.functional_call`` on views of the same stacked tensors, so both paths share
 the update, the projection and the evaluation — and give the same weights.
+
+The update is the study's projected SGD on the sphere for SI models, or ordinary SGD /
+Adam for the practical baselines; its state (momentum, Adam moments) is stacked the same
+way, so a snapshot of :meth:`Engine.state` continues a stage exactly.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -18,10 +25,14 @@ from torch.nn import functional as F
 
 from lrscan.models import ModelEntry
 
+# Samples scored at once; the synthetic sets fit in one block (so every path scores them alike).
+EVAL_SAMPLES = 4096
+
 
 @dataclass(frozen=True)
 class Layer:
-    """One parameter tensor's place in the flat parameter vector."""
+    """One tensor's place in the flat state vector: a parameter, or a float buffer
+    (BatchNorm running statistics), which is neither SI nor trainable."""
 
     name: str
     start: int
@@ -29,28 +40,49 @@ class Layer:
     shape: tuple[int, ...]
     si: bool
     trainable: bool
+    buffer: bool = False
+
+
+def _float_buffers(module: nn.Module):
+    # Integer buffers (BatchNorm's num_batches_tracked) carry no state lrscan uses.
+    return [(n, b) for n, b in module.named_buffers() if b.is_floating_point()]
 
 
 def layout(entry: ModelEntry, module: nn.Module) -> tuple[Layer, ...]:
-    """The flat-vector layout of a module's parameters, in ``named_parameters`` order."""
+    """The flat-vector layout of a module: parameters in ``named_parameters`` order, then
+    float buffers in ``named_buffers`` order."""
     layers, start = [], 0
     for name, p in module.named_parameters():
         layers.append(Layer(name, start, start + p.numel(), tuple(p.shape), entry.is_si(name), p.requires_grad))
         start += p.numel()
+    for name, b in _float_buffers(module):
+        layers.append(Layer(name, start, start + b.numel(), tuple(b.shape), False, False, buffer=True))
+        start += b.numel()
     return tuple(layers)
 
 
-def si_norm(flat: Tensor, layers: tuple[Layer, ...]) -> Tensor:
-    """Norm of the SI group of each row of ``flat`` (M, P), accumulated in float64."""
+def flat_state(module: nn.Module, layers: Sequence[Layer]) -> Tensor:
+    """A module's own parameters and buffers as one flat vector in ``layers`` order, (P,)."""
+    tensors = {**dict(module.named_parameters()), **dict(module.named_buffers())}
+    return torch.cat([tensors[layer.name].detach().reshape(-1) for layer in layers])
+
+
+def si_norm(flat: Tensor, layers: tuple[Layer, ...], *, group: str = "si") -> Tensor:
+    """Norm of a group (``"si"`` or ``"trainable"``) of each row of ``flat`` (M, P), in float64."""
     total = torch.zeros(flat.shape[0], dtype=torch.float64, device=flat.device)
     for layer in layers:
-        if layer.si:
+        if getattr(layer, group):
             total += flat[:, layer.start : layer.stop].double().square().sum(1)
     return total.sqrt()
 
 
-def project(flat: Tensor, layers: tuple[Layer, ...], radius: float) -> Tensor:
-    """Rescale the SI group of each row of ``flat`` (M, P) to norm ``radius`` (one factor per row)."""
+def project(flat: Tensor, layers: tuple[Layer, ...], radius: float | None) -> Tensor:
+    """Rescale the SI group of each row of ``flat`` (M, P) to norm ``radius`` (one factor per row).
+
+    ``radius=None`` (a model not trained on a sphere) leaves ``flat`` as it is.
+    """
+    if radius is None:
+        return flat
     out = flat.clone()
     scale = (radius / si_norm(flat, layers)).to(flat.dtype)
     for layer in layers:
@@ -59,11 +91,13 @@ def project(flat: Tensor, layers: tuple[Layer, ...], radius: float) -> Tensor:
     return out
 
 
-def swa_average(window: Tensor, ks, layers: tuple[Layer, ...], radius: float) -> Tensor:
+def swa_average(window: Tensor, ks, layers: tuple[Layer, ...], radius: float | None) -> Tensor:
     """SWA solutions: for each k, the uniform mean of the last k rows of ``window`` (..., n, P).
 
     Means are taken in float64 and put back on the sphere (an SI model only sees the
-    direction); the result is (..., len(ks), P) in float32.
+    direction); the result is (..., len(ks), P) in float32.  Averaged BatchNorm buffers are
+    placeholders: an average is a constructed point whose statistics are recomputed
+    (:meth:`Engine.recompute_bn`) before it is scored.
     """
     w = window.double()
     means = torch.stack([w[..., -k:, :].mean(-2) for k in ks], -2)
@@ -79,8 +113,81 @@ def loss_and_correct(logits: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         z = logits[..., 0]
         return F.binary_cross_entropy_with_logits(z, y.to(z.dtype), reduction="none"), (z > 0) == (y == 1)
     flat = logits.reshape(-1, logits.shape[-1])
-    loss = F.cross_entropy(flat, y.reshape(-1), reduction="none").reshape(y.shape)
+    loss = F.cross_entropy(flat.float(), y.reshape(-1), reduction="none").reshape(y.shape)
     return loss, logits.argmax(-1) == y
+
+
+def _expand(v: Tensor, like: Tensor) -> Tensor:
+    return v.view(-1, *[1] * (like.dim() - 1))
+
+
+def _runs_sq(tensors) -> Tensor:
+    return sum(t.reshape(t.shape[0], -1).double().square().sum(1) for t in tensors)
+
+
+# ---- updates: (params, grads, state, lr) -> (params, state), all stacked over runs --------------
+
+def _sphere(radius: float) -> Callable:
+    def update(params, grads, state, lr):
+        moved = {n: p - _expand(lr, p) * grads[n] for n, p in params.items()}
+        scale = (radius / _runs_sq(moved.values()).sqrt()).float()
+        return {n: p * _expand(scale, p) for n, p in moved.items()}, state
+    return update
+
+
+def _sgd(momentum: float, weight_decay: float) -> Callable:
+    # torch.optim.SGD's rule (dampening 0, not Nesterov); the buffer starts at zero, which
+    # makes its first value the gradient itself, as in torch.
+    def update(params, grads, state, lr):
+        new_params, new_state = {}, {}
+        for n, p in params.items():
+            g = grads[n] + weight_decay * p if weight_decay else grads[n]
+            if momentum:
+                g = new_state[f"{n}/momentum"] = momentum * state[f"{n}/momentum"] + g
+            new_params[n] = p - _expand(lr, p) * g
+        return new_params, new_state
+    return update
+
+
+def _adam(weight_decay: float, betas: tuple[float, float], eps: float = 1e-8) -> Callable:
+    # torch.optim.Adam with coupled weight decay (added to the gradient), as the ViT setup uses.
+    b1, b2 = betas
+
+    def update(params, grads, state, lr):
+        t = state["step"] + 1
+        new_params, new_state = {}, {"step": t}
+        c1, c2 = (1 - b1**t).float(), (1 - b2**t).sqrt().float()
+        for n, p in params.items():
+            g = grads[n] + weight_decay * p if weight_decay else grads[n]
+            m = new_state[f"{n}/exp_avg"] = b1 * state[f"{n}/exp_avg"] + (1 - b1) * g
+            v = new_state[f"{n}/exp_avg_sq"] = b2 * state[f"{n}/exp_avg_sq"] + (1 - b2) * g * g
+            new_params[n] = p - _expand(lr / c1, p) * m / (v.sqrt() / c2 + eps)
+        return new_params, new_state
+    return update
+
+
+def _initial_state(update: str, params: Mapping[str, Tensor], options: Mapping[str, Any]) -> dict[str, Tensor]:
+    if update == "sgd" and options.get("momentum", 0.0):
+        return {f"{n}/momentum": torch.zeros_like(p) for n, p in params.items()}
+    if update == "adam":
+        m = next(iter(params.values())).shape[0]
+        state = {"step": torch.zeros(m, dtype=torch.float64, device=next(iter(params.values())).device)}
+        for n, p in params.items():
+            state[f"{n}/exp_avg"] = torch.zeros_like(p)
+            state[f"{n}/exp_avg_sq"] = torch.zeros_like(p)
+        return state
+    return {}
+
+
+def make_update(entry: ModelEntry, options: Mapping[str, Any], radius: float | None) -> Callable:
+    """The update rule of a model entry with its options (see ``ModelEntry.update``)."""
+    if entry.update == "sphere":
+        return _sphere(radius)
+    if entry.update == "sgd":
+        return _sgd(float(options.get("momentum", 0.0)), float(options.get("weight_decay", 0.0)))
+    if entry.update == "adam":
+        return _adam(float(options.get("weight_decay", 0.0)), tuple(options.get("betas", (0.9, 0.999))))
+    raise ValueError(f"unknown update rule {entry.update!r}")
 
 
 class Engine:
@@ -92,80 +199,134 @@ class Engine:
         The model entry and one instance of its module (used for shapes and, on the
         run-by-run path, as the function applied to each run's parameters).
     flat
-        Initial parameters, (M, P), in the order of :func:`layout`.
+        Initial state, (M, P), in the order of :func:`layout`.
     radius
-        The sphere's radius ρ; the SGD step is ``lr = ELR * ρ²``.
+        The sphere's radius ρ; the SGD step is ``lr = ELR * ρ²``.  ``None`` for a model not
+        trained on a sphere (its learning rate is the grid value itself).
     batched
         Use the entry's ``forward_batched`` (must exist) rather than calling runs one by one.
     compile
         Compile the training step and the evaluation with ``torch.compile`` (faster for long
         stages; the first call of each shape pays the compilation).
+    options
+        The model's options (the update rule reads its hyperparameters from them).
+    precision
+        ``"fp32"`` or ``"bf16"`` (autocast of the forward pass; weights stay float32).
     """
 
-    def __init__(self, entry: ModelEntry, module: nn.Module, flat: Tensor, radius: float, *,
-                 batched: bool, compile: bool = False):
+    def __init__(self, entry: ModelEntry, module: nn.Module, flat: Tensor, radius: float | None, *,
+                 batched: bool, compile: bool = False, options: Mapping[str, Any] | None = None,
+                 precision: str = "fp32"):
         if batched and entry.forward_batched is None:
             raise ValueError("this model has no batched forward")
         self.entry, self.module, self.radius, self.batched = entry, module, radius, batched
         self.layers = layout(entry, module)
-        if any(layer.trainable != layer.si for layer in self.layers):
+        if entry.update == "sphere" and any(l.trainable != l.si for l in self.layers):
             raise ValueError("the sphere trainer needs the trainable parameters to be exactly the SI group")
         self.n_runs = flat.shape[0]
-        self.si: dict[str, Tensor] = {}
+        self.params: dict[str, Tensor] = {}  # trained
         self.frozen: dict[str, Tensor] = {}
+        self.buffers: dict[str, Tensor] = {}
         for layer in self.layers:
             p = flat[:, layer.start : layer.stop].reshape(self.n_runs, *layer.shape).clone()
-            (self.si if layer.si else self.frozen)[layer.name] = p
+            (self.buffers if layer.buffer else self.params if layer.trainable else self.frozen)[layer.name] = p
+        self.group = "si" if entry.update == "sphere" else "trainable"
+        self.lr_scale = radius**2 if entry.update == "sphere" else 1.0
+        self._update = make_update(entry, options or {}, radius)
+        self.opt_state = _initial_state(entry.update, self.params, options or {})
+        self.autocast = precision == "bf16"
         self.compiled = compile
-        self._step = torch.compile(self._sgd_step, dynamic=False) if compile else self._sgd_step
-        self._eval = torch.compile(self._eval_chunk, dynamic=False) if compile else self._eval_chunk
+        self._seeds: Sequence[int] | None = None
+        # Batched models compile the whole step; others compile one run's forward pass (the
+        # step loops over runs in Python, which dynamo would unroll).
+        self._step = torch.compile(self._step_all, dynamic=False) if compile and batched else self._step_all
+        self._eval = torch.compile(self._eval_chunk, dynamic=False) if compile and batched else self._eval_chunk
+        self._run_logits = torch.compile(self._one_run_logits, dynamic=False) if compile else self._one_run_logits
 
-    def logits(self, si: dict[str, Tensor], frozen: dict[str, Tensor], x: Tensor) -> Tensor:
-        """Logits (m, B, C) of m runs with parameters ``si`` and ``frozen`` on inputs x (m, B, ...)."""
-        params = {**si, **frozen}
+    # ---- forward passes ------------------------------------------------------------------
+
+    def _amp(self, device: torch.device):
+        if self.autocast:
+            return torch.autocast(device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def logits(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
+        """Logits (m, B, C) of m runs with (stacked) ``params`` — trained and frozen
+        parameters, and buffers — on inputs x (m, B, ...)."""
         if self.batched:
             return self.entry.forward_batched(self.module, params, x)
-        return torch.stack(
-            [functional_call(self.module, {n: p[i] for n, p in params.items()}, (x[i],)) for i in range(x.shape[0])]
-        )
+        out = []
+        for i in range(x.shape[0]):
+            if self._seeds is not None:  # dropout and the like draw from the global generator
+                torch.manual_seed(self._seeds[i])
+            out.append(self._run_logits({n: p[i] for n, p in params.items()}, x[i]))
+        # The loss is taken over the stack, as on the batched path: elementwise kernels can
+        # round a tensor's tail differently, so per-run losses would not match it bit for bit.
+        return torch.stack(out)
 
-    def _loss(self, si: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
+    def _one_run_logits(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
+        with self._amp(x.device):
+            return functional_call(self.module, params, (x,)).float()
+
+    def _loss(self, params: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
         # Summing the runs' mean losses keeps each run's gradient its own.
-        return loss_and_correct(self.logits(si, self.frozen, x), y)[0].mean(1).sum()
+        return loss_and_correct(self.logits({**params, **self.frozen, **self.buffers}, x), y)[0].mean(1).sum()
 
-    def _grads(self, si: dict[str, Tensor], x: Tensor, y: Tensor) -> dict[str, Tensor]:
-        if self.compiled:  # dynamo traces the functional form
-            return torch.func.grad(self._loss)(si, x, y)
+    # ---- training ------------------------------------------------------------------------
+
+    def _grads(self, params: dict[str, Tensor], x: Tensor, y: Tensor) -> dict[str, Tensor]:
+        if self.compiled and self.batched:  # dynamo traces the functional form
+            return torch.func.grad(self._loss)(params, x, y)
         # Eager autograd has less per-step overhead than torch.func.grad.
-        leaves = {n: p.detach().requires_grad_() for n, p in si.items()}
+        leaves = {n: p.detach().requires_grad_() for n, p in params.items()}
         return dict(zip(leaves, torch.autograd.grad(self._loss(leaves, x, y), list(leaves.values()))))
 
-    def _sgd_step(self, si: dict[str, Tensor], x: Tensor, y: Tensor, lr: Tensor):
-        grads = self._grads(si, x, y)
-        grad_sq = sum(g.reshape(self.n_runs, -1).square().sum(1) for g in grads.values())
-        moved = {n: p - lr.view(-1, *[1] * (p.dim() - 1)) * grads[n] for n, p in si.items()}
-        scale = self.radius / sum(p.reshape(self.n_runs, -1).square().sum(1) for p in moved.values()).sqrt()
-        return {n: p * scale.view(-1, *[1] * (p.dim() - 1)) for n, p in moved.items()}, grad_sq.sqrt()
+    def _step_all(self, params, state, x, y, lr):
+        grads = self._grads(params, x, y)
+        params, state = self._update(params, grads, state, lr)
+        return params, state, _runs_sq(grads.values()).sqrt()
 
-    def step(self, x: Tensor, y: Tensor, elr: Tensor) -> Tensor:
-        """One SGD step of every run on its own batch (x (M, B, ...), y (M, B)), then project.
+    def step(self, x: Tensor, y: Tensor, elr: Tensor, seeds: Sequence[int] | None = None) -> Tensor:
+        """One step of every run on its own batch (x (M, B, ...), y (M, B)).
 
-        Returns the L2 norm of each run's SI-group gradient, (M,).
+        On the run-by-run path the module is in train mode (BatchNorm normalises with the
+        batch and updates the run's own running statistics, views of the stacked buffers),
+        and ``seeds`` (one per run) seed the global generator before each run's forward pass,
+        so models with dropout are reproducible.  Returns the L2 norm of each run's gradient
+        over its trained group (the SI group on a sphere), (M,).
         """
-        self.si, grad_norm = self._step(self.si, x, y, elr * self.radius**2)
-        return grad_norm
+        if not self.batched:
+            self.module.train()
+        self._seeds = seeds
+        try:
+            self.params, self.opt_state, grad_norm = self._step(self.params, self.opt_state, x, y,
+                                                                elr * self.lr_scale)
+        finally:
+            self._seeds = None
+        return grad_norm.float()
 
-    def _eval_chunk(self, si: dict[str, Tensor], frozen: dict[str, Tensor], x: Tensor, y: Tensor):
-        loss, correct = loss_and_correct(self.logits(si, frozen, x), y)
+    # ---- evaluation ----------------------------------------------------------------------
+
+    def _eval_chunk(self, params: dict[str, Tensor], x: Tensor, y: Tensor):
+        loss, correct = loss_and_correct(self.logits(params, x), y)
         return loss.mean(1), correct.float().mean(1)
 
+    def _all(self) -> dict[str, Tensor]:
+        return {**self.params, **self.frozen, **self.buffers}
+
     @torch.no_grad()
-    def evaluate(self, x: Tensor, y: Tensor, which: Tensor, chunk: int) -> tuple[Tensor, Tensor]:
+    def evaluate(self, x: Tensor, y: Tensor, which: Tensor, chunk: int,
+                 samples: int = EVAL_SAMPLES) -> tuple[Tensor, Tensor]:
         """Mean loss and accuracy of each run on its dataset, x (D, N, ...), y (D, N).
 
-        Run ``m`` is evaluated on dataset ``which[m]``; runs go through in chunks of ``chunk``
-        so that activations stay in cache.
+        Run ``m`` is evaluated on dataset ``which[m]``.  Runs go through in chunks of ``chunk``
+        (small chunks keep activations in cache) and samples in blocks of ``samples`` (memory
+        for image models); models off the batched path are in eval mode (BatchNorm uses each
+        run's running statistics).
         """
+        if not self.batched:
+            self.module.eval()
+        n = x.shape[1]
         losses, accs = [], []
         for start in range(0, self.n_runs, chunk):
             if start + chunk <= self.n_runs:
@@ -173,24 +334,79 @@ class Engine:
             else:  # the last chunk repeats the last run to keep one shape (one compilation)
                 rows = torch.arange(start, start + chunk, device=which.device).clamp(max=self.n_runs - 1)
             idx = which[rows]
-            if x.shape[0] == 1:  # one dataset: broadcast it rather than copy it per run
-                xs, ys = x[0].expand(chunk, *x.shape[1:]), y[0].expand(chunk, *y.shape[1:])
-            else:
-                xs, ys = x[idx], y[idx]
-            pick = lambda params: {n: p[rows] for n, p in params.items()}  # noqa: E731
-            loss, acc = self._eval(pick(self.si), pick(self.frozen), xs, ys)
-            losses.append(loss)
-            accs.append(acc)
+            params = {name: p[rows] for name, p in self._all().items()}
+            loss = torch.zeros(chunk, dtype=torch.float64, device=x.device)
+            acc = torch.zeros_like(loss)
+            for first in range(0, n, samples):
+                block = slice(first, min(first + samples, n))
+                if x.shape[0] == 1:  # one dataset: broadcast it rather than copy it per run
+                    xs, ys = x[0, block].expand(chunk, -1, *x.shape[2:]), y[0, block].expand(chunk, -1)
+                else:
+                    xs, ys = x[idx, block], y[idx, block]
+                block_loss, block_acc = self._eval(params, xs, ys)
+                # float32 means weighted in float64: a single block gives its mean exactly.
+                loss += block_loss.double() * xs.shape[1]
+                acc += block_acc.double() * xs.shape[1]
+            losses.append((loss / n).float())
+            accs.append((acc / n).float())
         return torch.cat(losses)[: self.n_runs], torch.cat(accs)[: self.n_runs]
 
+    @torch.no_grad()
+    def recompute_bn(self, x: Tensor, which: Tensor, batch_size: int) -> None:
+        """Replace every run's BatchNorm statistics by their values over its training set
+        ``x[which[m]]`` (D, N, ...), seen in order in batches of ``batch_size`` (train-mode
+        forward passes with a cumulative average, as ``torch.optim.swa_utils.update_bn``).
+
+        Constructed points — SWA averages, points on a path — need this before they are
+        scored (SPEC §5).  A model without BatchNorm is left as it is.
+        """
+        norms = [m for m in self.module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if not norms or not self.buffers:
+            return
+        momenta = [m.momentum for m in norms]
+        self.module.train()
+        try:
+            for m in norms:
+                m.momentum = None  # cumulative average over the batches
+            for i in range(self.n_runs):
+                for m in norms:
+                    m.reset_running_stats()
+                params = {n: p[i] for n, p in {**self.params, **self.frozen}.items()}
+                d = int(which[i])
+                for start in range(0, x.shape[1], batch_size):
+                    self._one_run_logits(params, x[d, start : start + batch_size])  # updates the module's own buffers
+                own = dict(self.module.named_buffers())
+                for name, b in self.buffers.items():
+                    b[i] = own[name]
+        finally:
+            for m, momentum in zip(norms, momenta):
+                m.momentum = momentum
+
+    # ---- state ---------------------------------------------------------------------------
+
     def flat(self) -> Tensor:
-        """Current parameters, (M, P)."""
-        params = {**self.si, **self.frozen}
-        return torch.cat([params[layer.name].reshape(self.n_runs, -1) for layer in self.layers], 1)
+        """Current state, (M, P): parameters and buffers in :func:`layout` order."""
+        tensors = self._all()
+        return torch.cat([tensors[layer.name].reshape(self.n_runs, -1) for layer in self.layers], 1)
 
     def weight_norm(self) -> Tensor:
-        """Norm of each run's SI group, (M,), in float64."""
-        return si_norm(self.flat(), self.layers)
+        """Norm of each run's trained group (the SI group on a sphere), (M,), in float64."""
+        return si_norm(self.flat(), self.layers, group=self.group)
+
+    def state(self) -> dict[str, Tensor]:
+        """Everything that changes during training — trained parameters, buffers, the update's
+        state — by name; :meth:`load_state` puts it back."""
+        return {**{f"param/{n}": p for n, p in self.params.items()},
+                **{f"buffer/{n}": b for n, b in self.buffers.items()},
+                **{f"update/{n}": s for n, s in self.opt_state.items()}}
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        """Restore a :meth:`state` (tensors or arrays); every entry must be present."""
+        device = next(iter(self.params.values())).device
+        get = lambda key: torch.as_tensor(np.asarray(state[key])).to(device)  # noqa: E731
+        self.params = {n: get(f"param/{n}") for n in self.params}
+        self.buffers = {n: get(f"buffer/{n}") for n in self.buffers}
+        self.opt_state = {n: get(f"update/{n}") for n in self.opt_state}
 
 
 def to_numpy(t: Tensor) -> np.ndarray:

@@ -31,6 +31,7 @@ class DeviceData:
     y_train: Tensor
     x_test: Tensor
     y_test: Tensor
+    augment: Callable[[Tensor, torch.Generator], Tensor] | None = None
 
 
 @dataclass
@@ -38,11 +39,12 @@ class Snapshot:
     """The state of a stage's M runs at a logged step: enough to continue exactly from there.
 
     Taken right after a metric row, when the gradient-norm accumulator is empty, so the
-    weights, the rows and checkpoints so far and the divergence steps are all there is.
+    engine's state (:meth:`Engine.state`), the rows and checkpoints so far and the
+    divergence steps are all there is.
     """
 
     step: int
-    si: dict[str, np.ndarray]
+    state: dict[str, np.ndarray]
     metrics: dict[str, np.ndarray]
     weights: np.ndarray
     diverged: np.ndarray
@@ -65,6 +67,13 @@ def seed_key(train_seed: int, data_seed: int, stage: str, epoch: int) -> int:
     """
     code = {"pretrain": 0, "finetune": 1, "init": 2}[stage]
     return int(np.random.SeedSequence([train_seed, data_seed, code, epoch]).generate_state(2, np.uint64)[0] >> 1)
+
+
+def step_key(train_seed: int, data_seed: int, stage: str, step: int) -> int:
+    """A 63-bit seed for one step's random draws besides the batch order (augmentation,
+    dropout); like :func:`seed_key`, it depends on nothing but its arguments."""
+    code = {"pretrain": 0, "finetune": 1}[stage]
+    return int(np.random.SeedSequence([train_seed, data_seed, code, step, 1]).generate_state(2, np.uint64)[0] >> 1)
 
 
 def epoch_order(seeds: list[tuple[int, int]], stage: str, epoch: int, n: int, device) -> Tensor:
@@ -132,7 +141,7 @@ def run_stage(
     first = stage.start if resume is None else resume.step
     grad_count, last_reported, last_snapshot = 0, first, time.monotonic()
     if resume is not None:
-        engine.si = {name: torch.from_numpy(value).to(device) for name, value in resume.si.items()}
+        engine.load_state(resume.state)
         metrics, weights, diverged = resume.metrics, resume.weights, resume.diverged
 
     def record(step: int) -> None:
@@ -158,12 +167,17 @@ def run_stage(
         if step in ckpt_index:
             weights[:, ckpt_index[step]] = to_numpy(engine.flat())
         if snapshot is not None and step in log_index and time.monotonic() - last_snapshot >= snapshot_every:
-            snapshot(Snapshot(step, {n: to_numpy(p).copy() for n, p in engine.si.items()}, metrics, weights, diverged))
+            snapshot(Snapshot(step, {n: to_numpy(p).copy() for n, p in engine.state().items()}, metrics, weights,
+                              diverged))
             last_snapshot = time.monotonic()
 
     if resume is None:
         record(stage.start)
     epoch, order = None, None
+    if data.augment is not None:
+        if engine.batched:
+            raise ValueError("augmentation needs the run-by-run path")
+        generator = torch.Generator(device=device)
     for step in range(first, stage.stop):
         if step // steps_per_epoch != epoch:
             epoch = step // steps_per_epoch
@@ -172,7 +186,10 @@ def run_stage(
         idx = order[run_seed, offset : offset + batch_size]  # (M, B)
         x = data.x_train[which_data[:, None], idx]
         y = data.y_train[which_data[:, None], idx]
-        grad_sum += engine.step(x, y, elr)
+        keys = None if engine.batched else [step_key(*s, stage.name, step) for s in seeds]
+        if data.augment is not None:
+            x = torch.stack([data.augment(x[i], generator.manual_seed(keys[i])) for i in range(m)])
+        grad_sum += engine.step(x, y, elr, keys)
         grad_count += 1
         record(step + 1)
     if progress is not None and stage.stop > last_reported:

@@ -20,7 +20,7 @@ from lrscan.data import DATASETS, Data
 from lrscan.models import MODELS
 from lrscan.spec import Spec
 from lrscan.store import Claim, RunData, StoreWriter, beside, create_or_check, is_local
-from lrscan.train.engine import Engine, layout, project, si_norm, swa_average, to_numpy
+from lrscan.train.engine import Engine, flat_state, layout, project, swa_average, to_numpy
 from lrscan.train.loop import EVAL_CHUNK, DeviceData, Snapshot, run_stage, seed_key
 from lrscan.train.plan import Plan
 
@@ -69,14 +69,31 @@ class Setup:
             torch.manual_seed(seed_key(train_seed, data_seed, "init", 0))
             module = self.entry.build(self.spec.model_options, self.data[data_seed].input_shape,
                                       self.data[data_seed].n_classes)
-        flat = torch.cat([p.detach().reshape(-1) for p in module.parameters()])[None]
-        return project(flat, layout(self.entry, module), self.spec.radius)[0]
+        return project(flat_state(module, self.layers)[None], self.layers, self.spec.radius)[0]
+
+    @property
+    def layers(self):
+        return layout(self.entry, self.module)
+
+    def engine(self, flat: torch.Tensor, *, batched: bool | None = None, compile: bool = False) -> Engine:
+        """An :class:`Engine` for the runs whose states are the rows of ``flat``, on the device.
+
+        ``batched=None`` batches runs whenever the model allows it.
+        """
+        batched = self.entry.forward_batched is not None if batched is None else batched
+        module = self.module.to(self.device)
+        if self.device.type == "cuda":  # "fp32" allows TF32 matrix products (SPEC's images setups)
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        if self.device.type == "cuda" and self.data[self.spec.data_seeds[0]].x_train.dim() == 4:
+            module = module.to(memory_format=torch.channels_last)
+        return Engine(self.entry, module, flat.to(self.device), self.spec.radius, batched=batched,
+                      compile=compile, options=self.spec.model_options, precision=self.spec.precision)
 
     def device_data(self, data_seeds: list[int]) -> tuple[DeviceData, dict[int, int]]:
         """The given data seeds' sets stacked on the device, and each seed's position."""
         sets = [self.data[d] for d in data_seeds]
         stack = lambda name: torch.stack([getattr(s, name) for s in sets]).to(self.device)  # noqa: E731
-        return DeviceData(stack("x_train"), stack("y_train"), stack("x_test"), stack("y_test")), {
+        return DeviceData(stack("x_train"), stack("y_train"), stack("x_test"), stack("y_test"), sets[0].augment), {
             d: i for i, d in enumerate(data_seeds)
         }
 
@@ -326,7 +343,7 @@ class SnapshotFile:
                 if not np.array_equal(f["runs"], self.runs):
                     return None
                 group = lambda prefix: {k[len(prefix):]: f[k] for k in f.files if k.startswith(prefix)}  # noqa: E731
-                return Snapshot(int(f["step"]), group("si/"), group("metrics/"), f["weights"], f["diverged"])
+                return Snapshot(int(f["step"]), group("state/"), group("metrics/"), f["weights"], f["diverged"])
         except (OSError, KeyError, ValueError):
             return None  # none yet, or one cut short: start the batch over
 
@@ -334,7 +351,8 @@ class SnapshotFile:
         self.path.parent.mkdir(exist_ok=True)
         tmp = self.path.with_suffix(".tmp.npz")
         np.savez(tmp, runs=self.runs, step=snap.step, weights=snap.weights, diverged=snap.diverged,
-                 **{f"si/{k}": v for k, v in snap.si.items()}, **{f"metrics/{k}": v for k, v in snap.metrics.items()})
+                 **{f"state/{k}": v for k, v in snap.state.items()},
+                 **{f"metrics/{k}": v for k, v in snap.metrics.items()})
         os.replace(tmp, self.path)
 
     def remove(self) -> None:
@@ -348,8 +366,7 @@ def _train_batch(setup, writer, stage_name, batch: Batch, start, elr, batched, t
     runs = [plan.runs[idx[-1]] for idx in batch.runs]
     data_seeds = sorted({r.data_seed for r in runs})
     data, position = setup.device_data(data_seeds)
-    engine = Engine(setup.entry, setup.module.to(setup.device), start.to(setup.device), setup.spec.radius,
-                    batched=batched, compile=setup.spec.compile)
+    engine = setup.engine(start, batched=batched, compile=setup.spec.compile)
     result = run_stage(
         engine, data, stage,
         elr=torch.tensor(elr, dtype=torch.float32, device=setup.device),
@@ -377,21 +394,22 @@ def _swa_batch(setup: Setup, writer: StoreWriter, batch: Batch) -> None:
     plan, spec = setup.plan, setup.spec
     todo, batch = batch.todo, batch.runs
     ks = sorted(plan.swa_steps)
-    layers = layout(setup.entry, setup.module)
+    layers = setup.layers
     runs = [plan.runs[s] for _, s in batch]
     data, position = setup.device_data(sorted({r.data_seed for r in runs}))
     window = np.stack([writer.read_weights("pretrain", idx, plan.swa_steps[ks[-1]]) for idx in batch])
     flat = swa_average(torch.from_numpy(window), ks, layers, spec.radius).reshape(len(batch) * len(ks), -1)
-    engine = Engine(setup.entry, setup.module.to(setup.device), flat.to(setup.device), spec.radius,
-                    batched=setup.entry.forward_batched is not None)
+    engine = setup.engine(flat)
     which = torch.tensor([position[r.data_seed] for r in runs for _ in ks], device=setup.device)
+    engine.recompute_bn(data.x_train, which, spec.batch_size)
+    flat = to_numpy(engine.flat())
     train_loss, train_acc = engine.evaluate(data.x_train, data.y_train, which, EVAL_CHUNK)
     test_loss, test_acc = engine.evaluate(data.x_test, data.y_test, which, EVAL_CHUNK)
-    norm = si_norm(flat, layers)
+    norm = engine.weight_norm()
     values = {"train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc,
               "weight_norm": norm}
     values = {name: to_numpy(v).reshape(len(batch), len(ks)) for name, v in values.items()}
-    weights = to_numpy(flat).reshape(len(batch), len(ks), -1)
+    weights = flat.reshape(len(batch), len(ks), -1)
     writer.write_runs("swa", [
         RunData(idx, {name: v[i] for name, v in values.items()}, weights[i])
         for i, idx in enumerate(batch) if idx in todo

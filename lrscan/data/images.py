@@ -1,0 +1,302 @@
+"""CIFAR-10 and CIFAR-100 as registered datasets, with optional training augmentation.
+
+The images are read from torchvision's on-disk layout (``cifar-10-batches-py/`` or
+``cifar-100-python/`` under ``data.data_dir``), downloading through torchvision when the
+folder lacks them and ``data.download`` allows it. The batch files are read here with
+``pickle`` rather than through ``torchvision.datasets.CIFAR10``: torchvision checks the MD5
+of every file before reading, which would hash 180 MB on each load and refuse any other
+copy of the format (such as a test fixture). Files present are trusted; a download is
+checked by torchvision against the archive's MD5.
+
+Both datasets are normalised with the CIFAR-10 per-channel mean and std, as in the study.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import pickle
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from lrscan.data import Data, DatasetEntry
+from lrscan.errors import LrscanError
+from lrscan.spec import integer, string
+
+__all__ = ["CIFAR10", "CIFAR100", "MEAN", "STD", "AUGMENTS", "crop_flip", "rand_augment", "make_augment"]
+
+MEAN = (0.4914, 0.4822, 0.4465)
+STD = (0.2023, 0.1994, 0.2010)
+AUGMENTS = ("none", "crop-flip", "randaugment")
+# Random crop padding in pixels and RandAugment's (number of ops, magnitude), as in the ViT setup.
+PADDING = 4
+RANDAUGMENT = (2, 14)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where one CIFAR variant lives on disk and how its batches are named."""
+
+    name: str
+    folder: str
+    train_files: tuple[str, ...]
+    test_files: tuple[str, ...]
+    label_key: str
+    n_classes: int
+    n_train: int
+    n_test: int
+    torchvision_class: str
+
+
+CIFAR10 = Layout(
+    "CIFAR-10", "cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)), ("test_batch",),
+    "labels", 10, 50_000, 10_000, "CIFAR10",
+)
+CIFAR100 = Layout("CIFAR-100", "cifar-100-python", ("train",), ("test",), "fine_labels", 100, 50_000, 10_000, "CIFAR100")
+
+IMAGE_SHAPE = (3, 32, 32)
+
+
+def _defaults(layout: Layout) -> dict[str, Any]:
+    return {
+        "data_dir": "~/.cache/lrscan/cifar",
+        "download": True,
+        "n_train": layout.n_train,
+        "n_test": layout.n_test,
+        "augment": "none",
+    }
+
+
+def _missing(layout: Layout, folder: Path) -> list[str]:
+    return [name for name in (*layout.train_files, *layout.test_files) if not (folder / name).is_file()]
+
+
+def _download(layout: Layout, root: Path) -> str | None:
+    """Fetch the dataset through torchvision; the reason it failed, or None."""
+    import torchvision.datasets
+
+    dataset = getattr(torchvision.datasets, layout.torchvision_class)
+    try:
+        # torchvision reports progress on stdout; the library keeps stdout for its caller.
+        with contextlib.redirect_stdout(sys.stderr):
+            dataset(str(root), train=True, download=True)
+    except Exception as err:  # noqa: BLE001 - any network or archive failure means "not available"
+        return f"{type(err).__name__}: {err}".splitlines()[0]
+    return None
+
+
+def _read_batches(folder: Path, names: tuple[str, ...], label_key: str) -> tuple[np.ndarray, np.ndarray]:
+    images, labels = [], []
+    for name in names:
+        path = folder / name
+        try:
+            with open(path, "rb") as f:
+                batch = pickle.load(f, encoding="latin1")
+            images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, *IMAGE_SHAPE))
+            labels.append(np.asarray(batch[label_key], dtype=np.int64))
+        except (OSError, pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as err:
+            raise LrscanError(f"cannot read {path} as a CIFAR batch: {type(err).__name__}: {err}") from None
+        if len(images[-1]) != len(labels[-1]):
+            raise LrscanError(f"{path} holds {len(images[-1])} images but {len(labels[-1])} labels")
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def read_cifar(layout: Layout, data_dir: str | Path, download: bool) -> tuple[np.ndarray, ...]:
+    """The raw images and labels of a CIFAR variant, downloading them if allowed and needed.
+
+    Parameters
+    ----------
+    layout
+        :data:`CIFAR10` or :data:`CIFAR100`.
+    data_dir
+        Folder that holds (or will hold) the dataset's folder; ``~`` is expanded.
+    download
+        Whether to fetch the data through torchvision when the folder lacks it.
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        ``(x_train, y_train, x_test, y_test)``: uint8 images (N, 3, 32, 32) and int64 labels.
+
+    Raises
+    ------
+    LrscanError
+        When the data are missing and cannot be downloaded, naming the folder looked in, or
+        a batch file cannot be read.
+    """
+    root = Path(data_dir).expanduser()
+    folder = root / layout.folder
+    missing = _missing(layout, folder)
+    if missing:
+        reason = (_download(layout, root) or "the download did not produce it") if download else "downloads are off"
+        missing = _missing(layout, folder)
+        if missing:
+            expected = (f"expected {layout.folder}/" if len(missing) == len(layout.train_files) + len(layout.test_files)
+                        else f"{layout.folder}/ lacks {', '.join(missing)}")
+            raise LrscanError(
+                f"{layout.name} not found in {root} ({expected}; {reason}; set data.data_dir to the folder "
+                f"that holds {layout.folder}/{'' if download else ' or allow a download with data.download = true'})"
+            )
+    return (
+        *_read_batches(folder, layout.train_files, layout.label_key),
+        *_read_batches(folder, layout.test_files, layout.label_key),
+    )
+
+
+def _normalise(images: np.ndarray) -> Tensor:
+    mean, std = (torch.tensor(v)[:, None, None] for v in (MEAN, STD))
+    return (torch.from_numpy(images).float() / 255 - mean) / std
+
+
+def load(layout: Layout, options: Mapping[str, Any], data_seed: int) -> Data:
+    """Load a CIFAR variant: normalised float images; ``data_seed`` is unused (CIFAR is fixed)."""
+    x_train, y_train, x_test, y_test = read_cifar(layout, options["data_dir"], options["download"])
+    for split, key, have in (("training", "n_train", len(x_train)), ("test", "n_test", len(x_test))):
+        if options[key] > have:
+            raise LrscanError(f"data.{key} = {options[key]} exceeds the {have} {split} images of {layout.name}")
+    n_train, n_test = options["n_train"], options["n_test"]
+    return Data(
+        _normalise(x_train[:n_train]), torch.from_numpy(y_train[:n_train]),
+        _normalise(x_test[:n_test]), torch.from_numpy(y_test[:n_test]),
+        n_classes=layout.n_classes,
+        normalization=(MEAN, STD),
+        augment=make_augment(options["augment"], (MEAN, STD)),
+    )
+
+
+def validate(layout: Layout, options: dict[str, Any]) -> dict[str, Any]:
+    options["data_dir"] = string("data.data_dir", options["data_dir"])
+    if not isinstance(options["download"], bool):
+        raise LrscanError(f"data.download must be true or false, got {options['download']!r}")
+    for key, most in (("n_train", layout.n_train), ("n_test", layout.n_test)):
+        options[key] = integer(f"data.{key}", options[key], minimum=1)
+        if options[key] > most:
+            raise LrscanError(f"data.{key} must be at most {most} for {layout.name}, got {options[key]}")
+    if options["augment"] not in AUGMENTS:
+        raise LrscanError(f"data.augment must be one of {', '.join(map(repr, AUGMENTS))}, got {options['augment']!r}")
+    return options
+
+
+def _entry(layout: Layout) -> DatasetEntry:
+    return DatasetEntry(
+        load=functools.partial(load, layout),
+        defaults=_defaults(layout),
+        validate=functools.partial(validate, layout),
+    )
+
+
+def _channel(values: tuple[float, ...], like: Tensor) -> Tensor:
+    return torch.tensor(values, dtype=like.dtype, device=like.device)[:, None, None]
+
+
+def _draw(high: int, n: int, generator: torch.Generator, device: torch.device) -> Tensor:
+    return torch.randint(0, high, (n,), generator=generator, device=generator.device).to(device)
+
+
+def crop_flip(x: Tensor, generator: torch.Generator, fill: Tensor | float = 0.0, padding: int = PADDING) -> Tensor:
+    """Random crop after zero padding, then a random horizontal flip, per sample.
+
+    Parameters
+    ----------
+    x
+        A batch (B, C, H, W) on any device.
+    generator
+        Source of the draws: per sample a row offset, a column offset and a flip bit.
+    fill
+        Value of the padding: a number or a per-channel (C, 1, 1) tensor (a black pixel in
+        normalised units, to match padding the [0, 1] image with zeros).
+    padding
+        Pixels added on every side before cropping back to H×W.
+
+    Returns
+    -------
+    Tensor
+        (B, C, H, W) on the device of ``x``.
+    """
+    b, c, h, w = x.shape
+    padded = torch.empty(b, c, h + 2 * padding, w + 2 * padding, dtype=x.dtype, device=x.device)
+    padded[:] = fill
+    padded[..., padding:padding + h, padding:padding + w] = x
+    dy, dx = _draw(2 * padding + 1, b, generator, x.device), _draw(2 * padding + 1, b, generator, x.device)
+    flip = _draw(2, b, generator, x.device).bool()
+    rows = dy[:, None] + torch.arange(h, device=x.device)
+    cols = dx[:, None] + torch.arange(w, device=x.device)
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    # Advanced indices around a slice put their dimensions first: (B, H, W, C).
+    out = padded[torch.arange(b, device=x.device)[:, None, None], :, rows[:, :, None], cols[:, None, :]]
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
+@functools.cache
+def _rand_augment():
+    from torchvision.transforms import v2
+
+    return v2.RandAugment(num_ops=RANDAUGMENT[0], magnitude=RANDAUGMENT[1])
+
+
+def rand_augment(x: Tensor, generator: torch.Generator, normalization: tuple[tuple[float, ...], tuple[float, ...]]) -> Tensor:
+    """RandAugment(2, 14) on each image of a normalised batch, drawn from ``generator``.
+
+    The images are turned back into 8-bit pixels (what RandAugment sees on PIL images),
+    transformed one by one on the CPU under torch's global RNG forked and seeded from one
+    draw of ``generator``, and normalised again; the same generator state gives the same
+    batch.
+
+    Parameters
+    ----------
+    x
+        Normalised images (B, 3, H, W) on any device.
+    generator
+        Source of the seed of the per-image draws.
+    normalization
+        The per-channel ``(mean, std)`` of ``x``.
+
+    Returns
+    -------
+    Tensor
+        (B, 3, H, W), normalised, on the device of ``x``.
+    """
+    mean, std = _channel(normalization[0], x), _channel(normalization[1], x)
+    pixels = ((x * std + mean).clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+    transform = _rand_augment()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        out = torch.stack([transform(image) for image in pixels])
+    return (out.to(x.device, x.dtype) / 255 - mean) / std
+
+
+def make_augment(
+    kind: str, normalization: tuple[tuple[float, ...], tuple[float, ...]]
+) -> Callable[[Tensor, torch.Generator], Tensor] | None:
+    """The ``Data.augment`` function of an ``augment`` option, or None for ``"none"``.
+
+    Parameters
+    ----------
+    kind
+        ``"none"``, ``"crop-flip"`` (random crop with 4 pixels of black padding and a
+        horizontal flip) or ``"randaugment"`` (RandAugment(2, 14), then crop and flip).
+    normalization
+        The per-channel ``(mean, std)`` of the inputs the function will receive.
+    """
+    if kind == "none":
+        return None
+
+    def black(x: Tensor) -> Tensor:
+        return -_channel(normalization[0], x) / _channel(normalization[1], x)
+
+    if kind == "crop-flip":
+        return lambda x, generator: crop_flip(x, generator, black(x))
+    if kind == "randaugment":
+        return lambda x, generator: crop_flip(rand_augment(x, generator, normalization), generator, black(x))
+    raise LrscanError(f"unknown augmentation {kind!r}; known: {', '.join(AUGMENTS)}")
+
+
+CIFAR10_ENTRY = _entry(CIFAR10)
+CIFAR100_ENTRY = _entry(CIFAR100)
