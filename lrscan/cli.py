@@ -240,6 +240,73 @@ class ProgressDisplay:
                   f"{elapsed:.0f} s{eta}", file=self.stream, flush=True)
 
 
+@main.command("import")
+@click.argument("source")
+@click.option("--store", metavar="PATH", help="Store directory (default: store/<SOURCE folder name>.zarr).")
+@click.option("--model", metavar="NAME", required=True, help="The registered model the checkpoints hold, e.g. mlp.")
+@click.option("--pattern", "patterns", metavar="PATTERN", multiple=True, required=True,
+              help="Paths under SOURCE to coordinates, e.g. 'plr={plr}/seed={seed}[/ft={flr}]/ckpt-{epoch}.pt'; "
+                   "[...] is optional, * any text in a folder name. Repeatable.")
+@click.option("--dataset", metavar="NAME", help="The registered dataset the model was trained on (default: ticks).")
+@click.option("--set", "overrides", metavar="FIELD=VALUE", multiple=True,
+              help="What the paths do not say: --set batch_size=128 --set model.width=64 --set swa=[5]. Repeatable.")
+@click.option("--ft-epoch-origin", type=click.Choice(["branch", "start"]), default="branch", show_default=True,
+              help="A fine-tuning file's {epoch} counts from the branch point, or from the start of pre-training.")
+@click.option("--accuracy", type=click.Choice(["auto", "fraction", "percent"]), default="auto", show_default=True,
+              help="Unit of the accuracies stored in the files (auto: a value above 1 is a percentage).")
+@click.option("--allow-missing", is_flag=True,
+              help="Write runs that have no file as empty (NaN) runs, so that analyzers run on a partial grid.")
+@user_errors
+def import_(source, store, model, patterns, dataset, overrides, ft_epoch_origin, accuracy, allow_missing) -> None:
+    """Import a folder (or fsspec URL) of PyTorch checkpoints into a store for `lrscan analyze`.
+
+    The patterns map each file's path to its run and epoch; files without {flr} are
+    pre-training checkpoints. Rerunning continues an interrupted import and skips the runs
+    already imported. See README.md, "Importing checkpoints".
+    """
+    from lrscan.importer import import_checkpoints
+
+    path = store or DEFAULT_STORE_DIR / f"{Path(source.rstrip('/')).name or 'import'}.zarr"
+    start = last = time.perf_counter()
+
+    def show(progress) -> None:  # a line every 10 s: quick imports stay quiet
+        nonlocal last
+        now = time.perf_counter()
+        if now - last >= 10:
+            last = now
+            click.echo(f"{progress.phase}: {progress.done:,} of {progress.total:,} files, {now - start:.0f} s", err=True)
+
+    try:
+        result = import_checkpoints(source, str(path), model, patterns, dataset=dataset, overrides=overrides,
+                                    ft_epoch_origin=ft_epoch_origin, accuracy=accuracy,
+                                    allow_missing=allow_missing, progress=show)
+    except KeyboardInterrupt:
+        raise UserError("interrupted; imported runs are kept in the store, run the same command to resume") from None
+    if result.unmatched:
+        click.echo(f"warning: {len(result.unmatched)} files under {source} match no --pattern and were not imported:",
+                   err=True)
+        for name in result.unmatched[:20]:
+            click.echo(f"  {name}", err=True)
+        if len(result.unmatched) > 20:
+            click.echo(f"  ... and {len(result.unmatched) - 20} more", err=True)
+    for what, items in (("runs have no file", result.missing), ("runs lack some epochs", result.gaps)):
+        if items:
+            click.echo(f"warning: {len(items)} {what}: " + "; ".join(items[:5])
+                       + (f"; ... and {len(items) - 5} more" if len(items) > 5 else ""), err=True)
+    if result.missing:
+        click.echo("  written as empty runs (NaN)" if allow_missing else
+                   "  left not done: add their files and rerun, or pass --allow-missing to analyse without them",
+                   err=True)
+    if result.swa:
+        click.echo(f"warning: SWA {result.swa}", err=True)
+    if not result.imported:
+        click.echo(f"{path}: every run is already imported, nothing to do", err=True)
+        return
+    done = ", ".join(f"{n} {stage}" for stage, n in result.imported.items())
+    click.echo(f"imported {done} runs ({result.files:,} files) in {time.perf_counter() - start:.1f} s into {path}",
+               err=True)
+
+
 # Registered last: the plot commands import this module's helpers.
 from lrscan.plot.commands import explore, plot  # noqa: E402
 
