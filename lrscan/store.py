@@ -242,6 +242,10 @@ class RunData:
     weights: np.ndarray
     diverged_epoch: float = float("nan")
 
+    def __post_init__(self):
+        self.weights = canonical_nan(self.weights)
+        self.metrics = {name: canonical_nan(values) for name, values in self.metrics.items()}
+
     def checksum(self, with_divergence: bool = True) -> int:
         """CRC-32 of the run's values as stored (float32 metrics and weights, float64 divergence)."""
         crc = zlib.crc32(np.ascontiguousarray(self.weights, dtype=np.float32).tobytes())
@@ -250,6 +254,20 @@ class RunData:
         if with_divergence:
             crc = zlib.crc32(np.float64(self.diverged_epoch).tobytes(), crc)
         return crc
+
+
+def canonical_nan(values: np.ndarray) -> np.ndarray:
+    """float32 values with every NaN the same bit pattern (a quiet, positive NaN).
+
+    zarr stores an all-NaN chunk as missing, which reads back as that pattern; NaNs the
+    hardware makes (``inf - inf`` sets the sign bit) would otherwise change a checksum.
+    """
+    values = np.asarray(values, dtype=np.float32)
+    nan = np.isnan(values)
+    if nan.any():
+        values = values.copy()
+        values[nan] = np.nan
+    return values
 
 
 class StoreWriter:

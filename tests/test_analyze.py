@@ -88,8 +88,9 @@ def test_group_norms_against_numpy(trained_small):
 
 def test_analyze_persists_every_applicable_analyzer(analyzed):
     tree = lrscan.open(analyzed)
-    assert set(tree["analysis"].children) == {n for n in ANALYZERS if ANALYZERS[n].default}
+    assert set(tree["analysis"].children) == {n for n in ANALYZERS if ANALYZERS[n].default and ANALYZERS[n].applies(tree)}
     assert "sharpness" not in tree["analysis"].children  # an extra, run on request
+    assert "frequency" not in tree["analysis"].children  # images only
     for name in tree["analysis"].children:
         assert tree[f"analysis/{name}"].attrs["lrscan_analyzer"] == name
     xr.testing.assert_allclose(tree["analysis/metrics"].to_dataset().load(),

@@ -65,8 +65,10 @@ class Evaluator:
         engine.recompute_bn(x.to(self.setup.device), torch.as_tensor(np.asarray(data_index)), self.setup.spec.batch_size)
         return engine.flat().cpu().numpy()
 
-    def evaluate(self, flat: np.ndarray, data_index: np.ndarray, split: str = "test") -> tuple[np.ndarray, np.ndarray]:
-        """Mean loss and accuracy of each row of ``flat`` (N, P) on ``split``.
+    def evaluate(self, flat: np.ndarray, data_index: np.ndarray,
+                 split: str | tuple[torch.Tensor, torch.Tensor] = "test") -> tuple[np.ndarray, np.ndarray]:
+        """Mean loss and accuracy of each row of ``flat`` (N, P) on ``split``: the name of one
+        of :attr:`sets`, or a set of the same form ``(x, y)`` that an analysis derived.
 
         ``data_index[i]`` is the position of row i's data seed in the store's data seeds (the
         ``seed`` coordinate's ``data_seed`` mapped through ``spec.data_seeds``). Sets with an
@@ -76,15 +78,15 @@ class Evaluator:
 
         Constructed points must pass through :meth:`construct` first.
         """
-        x, y = self.sets[split]
+        x, y = self.sets[split] if isinstance(split, str) else split
         flat_t = torch.as_tensor(np.asarray(flat), dtype=torch.float32)
-        which = torch.as_tensor(np.asarray(data_index), dtype=torch.long)
+        which = torch.as_tensor(np.array(data_index), dtype=torch.long)
         if flat_t.shape[0] == 0:
-            shape = (0,) + tuple(x.shape[1:-2])
+            shape = (0,) + tuple(y.shape[1:-1])
             return np.zeros(shape), np.zeros(shape)
         engine = self.setup.engine(flat_t)
         x, y, which = x.to(self.setup.device), y.to(self.setup.device), which.to(self.setup.device)
-        if x.dim() == 3:
+        if y.dim() == 2:
             loss, acc = engine.evaluate(x, y, which, EVAL_CHUNK)
         else:
             k = x.shape[1]  # one set per k: fold (D, K) into D*K datasets, one pass each

@@ -54,7 +54,7 @@ def metrics(tree: xr.DataTree, window: float = 20.0) -> xr.Dataset:
                                   "accuracies (fraction correct) of every solution"})
 
 
-@analyzer("swa")
+@analyzer("swa", needs=("pretrain", "swa"))
 def swa(tree: xr.DataTree, ks: list[int] | None = None) -> xr.Dataset:
     """SWA solutions of the last K pre-training checkpoints for every K, and their scores.
 

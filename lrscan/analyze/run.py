@@ -104,7 +104,7 @@ def analyze(
             result = ANALYZERS[name](tree)
             result.attrs = {**result.attrs, "lrscan_analyzer": name}
             group = f"analysis/{name}"
-            result.to_zarr(str(store), group=group, mode="w", consolidated=False, zarr_format=3)
+            _uniform_chunks(result).to_zarr(str(store), group=group, mode="w", consolidated=False, zarr_format=3)
             # The fingerprint goes last: a result cut short by a crash has none and is redone.
             zarr.open_group(str(store), path=group, mode="r+").attrs["lrscan_fingerprint"] = key
             tree = open_store(store)  # later analyzers may read this result
@@ -112,3 +112,13 @@ def analyze(
         if progress is not None:
             progress(name, status[name], time.perf_counter() - start)
     return status
+
+
+def _uniform_chunks(result: xr.Dataset) -> xr.Dataset:
+    """The result with each dask variable's chunks made regular, as zarr needs (a result
+    concatenated from parts, like ``group_norms``, has ragged ones)."""
+    ragged = {}
+    for name, var in result.data_vars.items():
+        if var.chunks is not None and any(len(set(c[:-1])) > 1 or (len(c) > 1 and c[-1] > c[0]) for c in var.chunks):
+            ragged[name] = var.chunk({d: max(c) for d, c in zip(var.dims, var.chunks)})
+    return result.assign(ragged) if ragged else result

@@ -86,4 +86,4 @@ def require_complete(tree: xr.DataTree, stages=("pretrain", "finetune", "swa")) 
                 missing.append(f"{int((done == 0).sum())} {stage}")
     if missing:
         raise LrscanError(f"the store is still training ({', '.join(missing)} runs to do); "
-                          "finish it with `lrscan train` first")
+                          "finish it first (`lrscan train`, or `lrscan import` for an imported store)")

@@ -59,8 +59,9 @@ class DatasetEntry:
     validate
         ``validate(options) -> options``: checks option values, raising ``LrscanError``.
     extra_sets
-        Names of the extra evaluation sets in ``Data.extra`` (analyzers that need one apply
-        only to datasets that provide it).
+        Names of the extra evaluation sets the dataset provides: those in ``Data.extra``, and
+        ``"bands"`` for images, whose band-limited test sets the frequency analysis derives
+        (analyzers that need a set apply only to datasets that provide it).
     """
 
     load: Callable[[Mapping[str, Any], int], Data]

@@ -188,6 +188,7 @@ def _entry(layout: Layout) -> DatasetEntry:
         load=functools.partial(load, layout),
         defaults=_defaults(layout),
         validate=functools.partial(validate, layout),
+        extra_sets=("bands",),
     )
 
 

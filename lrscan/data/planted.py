@@ -140,4 +140,4 @@ def validate(options: dict[str, Any]) -> dict[str, Any]:
     return options
 
 
-ENTRY = DatasetEntry(load=load, defaults=DEFAULTS, validate=validate)
+ENTRY = DatasetEntry(load=load, defaults=DEFAULTS, validate=validate, extra_sets=("bands",))

@@ -60,9 +60,14 @@ MODELS: Registry[ModelEntry] = Registry("model", "lrscan.models")
 
 
 def _register_builtins() -> None:
-    from lrscan.models import mlp
+    from lrscan.models import convnet, mlp, resnet, vit
 
     MODELS.register("mlp", mlp.ENTRY)
+    MODELS.register("resnet18si", resnet.SI_ENTRY)
+    MODELS.register("resnet18", resnet.ENTRY)
+    MODELS.register("convnetsi", convnet.ENTRY)
+    MODELS.register("vit", vit.ENTRY)
+    MODELS.register("vitsi", vit.SI_ENTRY)
 
 
 _register_builtins()

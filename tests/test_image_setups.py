@@ -1,0 +1,183 @@
+"""Image setups end to end: BatchNorm runs, practical optimisers, CIFAR on disk, frequency bands."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+import lrscan
+from lrscan.analyze.run import analyze
+from lrscan.cli import main
+from lrscan.models import MODELS
+from lrscan.spec import load_spec, resolve
+from lrscan.store import verify
+from lrscan.testing import assert_on_sphere
+from lrscan.train.engine import flat_state, layout
+from lrscan.train.loop import DeviceData, Snapshot, run_stage
+from lrscan.train.plan import Stage
+from lrscan.train.sweep import Setup, train
+from tests.test_images import cifar10_dir  # noqa: F401  (fixture)
+
+# A narrow SI ConvNet on 8x8 planted-frequency images: a whole sweep in seconds.
+TINY = [
+    "plr=[0.001, 0.01, 3.0]", "flr=[0.001, 0.003]", "batch_size=32", "pretrain_epochs=2",
+    "finetune_epochs=1", "finetune_from=2", "log_every=1", "checkpoint_epochs=1", "swa=[2]",
+    "device='cpu'", "runs_per_batch=3", "model.width=4", "data.size=8", "data.n_train=256",
+    "data.n_test=128",
+]
+
+
+@pytest.fixture(scope="module")
+def planted_store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("images") / "planted.zarr"
+    train(load_spec("planted-convnet", overrides=TINY), path)
+    return path
+
+
+def test_tiny_sweep_recovers_the_planted_band(planted_store):
+    analyze(planted_store, only=["frequency"])
+    tree = lrscan.open(planted_store)
+    assert verify(planted_store) == []
+    result = tree["analysis/frequency"].to_dataset().load()
+    learned = result.test_acc > 0.6  # solutions that learned the task (not regime 3)
+    assert int(learned.sum()) >= 6
+    best = result.band_acc.argmax("band")
+    # Every solution that learned the task is most accurate on the band its evidence lives in.
+    assert (result.band.values[best.values[learned.values]] == "mid").all()
+    assert result.sweep_acc.sizes["low_mid"] == len(lrscan.analyze.frequency.SWEEP)
+    assert result.band_images.sizes["band"] == 4 and float(result.band_images.max()) <= 1
+    assert result.band_images.shape[-3:] == result.images.shape[-3:] == (3, 8, 8)
+
+
+def test_image_store_keeps_weights_on_the_sphere_and_bn_statistics(planted_store):
+    tree = lrscan.open(planted_store)
+    assert_on_sphere(tree)
+    layers = tree["layers"].to_dataset()
+    assert layers.buffer.values.any() and not (layers.buffer & layers.si).values.any()
+    # Stored BN statistics are real ones: running variances are positive and not all 1.
+    var = [slice(int(a), int(b)) for n, a, b in zip(layers.layer.values, layers.start.values, layers.stop.values)
+           if str(n).endswith("running_var")]
+    final = tree["pretrain/weights"]["weights"].isel(epoch=-1).values
+    assert all((final[..., s] > 0).all() and not np.allclose(final[..., s], 1) for s in var)
+
+
+def test_constructed_points_get_recomputed_bn_statistics(planted_store):
+    # Engine.recompute_bn against torch's own update_bn on an ordinary module.
+    spec = lrscan.store.read_spec(planted_store)
+    setup = Setup.build(spec)
+    weights = lrscan.open(planted_store)["pretrain/weights"]["weights"]
+    mean = torch.from_numpy(weights.isel(plr=[0, 1], seed=0, epoch=-1).values.mean(0))  # an average: constructed
+    engine = setup.engine(mean[None])
+    data = setup.data[0]
+    engine.recompute_bn(data.x_train[None], torch.tensor([0]), spec.batch_size)
+    module = copy.deepcopy(setup.module)
+    names = [layer.name for layer in setup.layers if not layer.buffer]
+    state = dict(zip(names, [mean[l.start:l.stop].reshape(l.shape) for l in setup.layers if not l.buffer]))
+    module.load_state_dict(state, strict=False)
+    loader = [data.x_train[i:i + spec.batch_size] for i in range(0, len(data.x_train), spec.batch_size)]
+    torch.optim.swa_utils.update_bn(loader, module)
+    torch.testing.assert_close(engine.flat()[0], flat_state(module, setup.layers), rtol=1e-5, atol=1e-6)
+
+
+def test_barriers_of_an_image_store_recompute_bn_at_every_point(planted_store):
+    tree = lrscan.open(planted_store)
+    result = tree.lrscan.barriers(n_points=3)
+    assert result.sizes["alpha"] == 3
+    learned = lrscan.open(planted_store)["finetune/metrics"]["test_acc"].isel(epoch=-1).min("flr") > 0.6
+    assert np.isfinite(result.test_barrier.where(learned)).sum() > 0
+    # Ends of a path are the stored solutions: with recomputed statistics a solution that
+    # learned scores about as the trainer scored it with its running ones.
+    ft = tree["finetune/metrics"]["test_acc"].isel(epoch=-1)
+    end = 100 * (1 - ft.isel(flr=0))
+    start = result.test_error.isel(pair=0, alpha=0)
+    assert float(abs(start - end).where(learned).max()) < 10
+
+
+@pytest.mark.parametrize("model, optimiser", [("resnet18", "sgd"), ("vit", "adam")])
+def test_practical_models_step_like_torch_optimisers(model, optimiser):
+    model_options = {"resnet18": {"width": 4},
+                     "vit": {"dim": 16, "depth": 1, "heads": 2, "dim_head": 8, "mlp_dim": 16, "dropout": 0.0}}[model]
+    spec = resolve({"sweep": {"model": model, "dataset": "planted", "plr": [0.01], "flr": [0.01], "batch_size": 8,
+                              "pretrain_epochs": 1, "device": "cpu"},
+                    "model": model_options, "data": {"size": 8, "n_train": 64, "n_test": 16}})
+    setup = Setup.build(spec)
+    start = setup.init_weights(0, 0)
+    engine = setup.engine(start[None])
+    module = copy.deepcopy(setup.module)
+    layers = setup.layers
+    module.load_state_dict({l.name: start[l.start:l.stop].reshape(l.shape) for l in layers}, strict=False)
+    opts = spec.model_options
+    lr = 0.01
+    reference = (torch.optim.SGD(module.parameters(), lr=lr, momentum=opts["momentum"], weight_decay=opts["weight_decay"])
+                 if optimiser == "sgd" else
+                 torch.optim.Adam(module.parameters(), lr=lr, weight_decay=opts["weight_decay"]))
+    data = setup.data[0]
+    module.train()
+    for step in range(4):
+        x, y = data.x_train[step * 8:(step + 1) * 8], data.y_train[step * 8:(step + 1) * 8]
+        engine.step(x[None], y[None], torch.tensor([lr]))
+        reference.zero_grad()
+        torch.nn.functional.cross_entropy(module(x), y).backward()
+        reference.step()
+    torch.testing.assert_close(engine.flat()[0], flat_state(module, layers), rtol=1e-4, atol=1e-5)
+
+
+def test_a_bn_stage_resumed_from_a_snapshot_is_identical():
+    # Buffers and the momentum state travel in the snapshot: resuming gives the same weights.
+    spec = load_spec("planted-convnet", overrides=[*TINY, "model='resnet18'", "model.width=4", "data.n_train=64"])
+    setup = Setup.build(spec)
+    start = torch.stack([setup.init_weights(s, 0) for s in (0, 1)])
+    data = setup.data[0]
+    dev = DeviceData(data.x_train[None], data.y_train[None], data.x_test[None], data.y_test[None])
+    stage = Stage("pretrain", 0, 6, np.arange(0, 7, 2), np.array([0, 6]))
+    kwargs = dict(elr=torch.tensor([0.01, 0.05]), seeds=[(0, 0), (1, 0)], batch_size=16, steps_per_epoch=4)
+    snaps: list[Snapshot] = []
+    whole = run_stage(setup.engine(start), dev, stage, snapshot=snaps.append, snapshot_every=0.0, **kwargs)
+    middle = next(s for s in snaps if s.step == 4)
+    resumed = run_stage(setup.engine(start), dev, stage, resume=copy.deepcopy(middle), **kwargs)
+    np.testing.assert_array_equal(resumed.weights, whole.weights)
+    assert any(k.startswith("update/") for k in middle.state) and any(k.startswith("buffer/") for k in middle.state)
+
+
+def test_cifar_fixture_trains_through_the_cli(cifar10_dir, tmp_path):  # noqa: F811
+    root, _, _ = cifar10_dir
+    store = tmp_path / "cifar.zarr"
+    args = ["train", "--preset", "convnetsi-cifar10", "--store", str(store), "--set", f"data.data_dir='{root}'",
+            "--set", "data.download=false", "--set", "data.n_train=20", "--set", "data.n_test=6",
+            "--set", "model.width=4", "--set", "batch_size=4",
+            "--set", "pretrain_epochs=1", "--set", "finetune_epochs=1", "--set", "finetune_from=1",
+            "--set", "log_every=1", "--set", "checkpoint_epochs=1", "--set", "swa=[]",
+            "--set", "plr=[0.01]", "--set", "flr=[0.001]", "--set", "device='cpu'"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    tree = lrscan.open(store)
+    assert tree["pretrain/metrics"]["done"].values.all() and tree["finetune/metrics"]["done"].values.all()
+    assert np.isfinite(tree["finetune/metrics"]["test_acc"].values).all()
+    assert tree.attrs["spec"]["sweep"]["radius"] == pytest.approx(np.sqrt(5 * 4))
+
+
+def test_missing_cifar_folder_is_one_line(tmp_path):
+    result = CliRunner().invoke(main, ["train", "--preset", "convnetsi-cifar10", "--store", str(tmp_path / "s.zarr"),
+                                       "--set", f"data.data_dir='{tmp_path / 'nowhere'}'", "--set", "data.download=false"])
+    assert result.exit_code == 2
+    assert str(tmp_path / "nowhere") in result.output and len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_unknown_image_model_is_one_line(tmp_path):
+    result = CliRunner().invoke(main, ["train", "--preset", "planted-convnet", "--set", "model='resnet19si'",
+                                       "--store", str(tmp_path / "s.zarr")])
+    assert result.exit_code == 2 and "resnet18si" in result.output
+
+
+def test_every_image_preset_resolves():
+    for name in ("resnet18si-cifar10", "convnetsi-cifar10", "convnetsi-cifar100", "resnet18si-cifar100",
+                 "resnet18-cifar10", "vit-cifar10", "vitsi-cifar10", "vit-cifar100", "vitsi-cifar100"):
+        spec = load_spec(name)
+        entry = MODELS[spec.model]
+        assert (spec.radius is None) == (entry.update != "sphere"), name
+    assert load_spec("resnet18si-cifar10").radius == pytest.approx(28.28, abs=0.01)
+    assert len(load_spec("resnet18si-cifar10").plr) == 25
+    assert layout  # the layout of an image model is what the store's /layers records
