@@ -347,7 +347,7 @@ class Claim:
     hands out each batch once.
     """
 
-    def __init__(self, store: str | os.PathLike, stage: str, batch: int):
+    def __init__(self, store: str | os.PathLike, stage: str, batch: str):
         self.local = is_local(store)
         self.path = beside(store if self.local else "remote", "claims") / f"{stage}-{batch}"
         self.held = False

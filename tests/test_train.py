@@ -259,3 +259,23 @@ def test_an_interrupted_sweep_resumes_to_an_identical_store(small_spec, tmp_path
     assert sweep.todo["pretrain"] == [] and 0 < len(sweep.todo["finetune"]) < 8
     assert sweep.run()["finetune"] == len(sweep.todo["finetune"])
     assert_stores_identical(tmp_path / "whole.zarr", tmp_path / "resumed.zarr")
+
+
+def test_a_plr_subset_trains_only_its_runs_and_the_rest_completes_later(small_spec, tmp_path, trained_small):
+    spec = small_spec()
+    store = tmp_path / "subset.zarr"
+    train(spec, store, plr=[0.1])
+    tree = open_store(store)
+    for stage in ("pretrain", "finetune", "swa"):
+        done = tree[f"{stage}/metrics"]["done"]
+        assert done.sel(plr=0.1).all() and not done.sel(plr=0.003).any(), stage
+    train(spec, store)  # the others, as an ordinary resume
+    full = open_store(trained_small)
+    for group in ("pretrain/weights", "finetune/weights", "swa/weights"):
+        xr.testing.assert_allclose(open_store(store)[group].to_dataset().load(), full[group].to_dataset().load(),
+                                   rtol=1e-4, atol=1e-5)
+
+
+def test_a_plr_off_the_grid_is_refused(small_spec, tmp_path):
+    with pytest.raises(lrscan.errors.LrscanError, match="plr 0.2 is not on the sweep's grid"):
+        train(small_spec(), tmp_path / "s.zarr", plr=[0.2])

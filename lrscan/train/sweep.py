@@ -11,12 +11,13 @@ import itertools
 import os
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
 from lrscan.data import DATASETS, Data
+from lrscan.errors import LrscanError
 from lrscan.models import MODELS
 from lrscan.spec import Spec
 from lrscan.store import Claim, RunData, StoreWriter, beside, create_or_check, is_local
@@ -118,7 +119,9 @@ class Sweep:
     in memory); a batch is the unit of work, of claims between processes, and of dask tasks.
     """
 
-    def __init__(self, spec: Spec, store: str | os.PathLike, *, batched: bool | None = None):
+    def __init__(self, spec: Spec, store: str | os.PathLike, *, batched: bool | None = None,
+                 plr: Sequence[float] | None = None):
+        self.plr = _plr_subset(spec, plr)
         self.setup = setup = Setup.build(spec)
         self.plan = plan = setup.plan
         self.store = store
@@ -133,7 +136,8 @@ class Sweep:
             kept["finetune"] = plan.finetune.checkpoint_steps.size
         n_params = sum(p.numel() for p in setup.module.parameters())
         self.cuts = {
-            stage: _cut(self.writer.done(stage), min(spec.runs_per_batch, max(1, BATCH_BYTES // (4 * n_params * n))))
+            stage: _cut(self.writer.done(stage), min(spec.runs_per_batch, max(1, BATCH_BYTES // (4 * n_params * n))),
+                        self.plr)
             for stage, n in kept.items()
         }
         self.batches = {stage: [b for b in cut if b.todo] for stage, cut in self.cuts.items()}
@@ -197,7 +201,7 @@ class Sweep:
         todo = [r for r in batch.runs if not done[r]]
         if not todo:
             return 0
-        with Claim(self.store, stage, batch.index) as claim:
+        with Claim(self.store, stage, batch.key) as claim:
             if not claim.held:
                 return None
 
@@ -206,7 +210,7 @@ class Sweep:
                 if tick is not None:
                     tick(n)
 
-            batch = Batch(batch.index, batch.runs, todo)
+            batch = dataclasses.replace(batch, todo=todo)
             setup, plan, writer, spec = self.setup, self.plan, self.writer, self.setup.spec
             snapshots = SnapshotFile(self.store, stage, batch) if is_local(self.store) else None
             if stage == "pretrain":
@@ -235,6 +239,7 @@ def train(
     batched: bool | None = None,
     progress: Callable[[Progress], None] | None = None,
     client=None,
+    plr: Sequence[float] | None = None,
 ) -> dict[str, int]:
     """Run every run of ``spec`` that the store does not hold yet.
 
@@ -250,13 +255,16 @@ def train(
         Called with a :class:`Progress` as work advances.
     client
         A ``dask.distributed.Client`` to run batches on (default: this process).
+    plr
+        Train only the runs of these PLRs (values of ``spec.plr``); the others stay not done.
+        An adaptive search trains the grid points it picks this way, in an ordinary store.
 
     Returns
     -------
     dict
         Runs trained per stage (0 everywhere for a finished store).
     """
-    return Sweep(spec, store, batched=batched).run(progress, client=client)
+    return Sweep(spec, store, batched=batched, plr=plr).run(progress, client=client)
 
 
 @dataclass
@@ -267,14 +275,33 @@ class Batch:
     runs: list[tuple[int, ...]]
     todo: list[tuple[int, ...]]
 
+    @property
+    def key(self) -> str:
+        """Names the batch's claim and snapshot files: its first run and size, so batches of
+        different PLR subsets do not share them."""
+        return "-".join(map(str, self.runs[0])) + f"x{len(self.runs)}"
 
-def _cut(done: np.ndarray, size: int) -> list[Batch]:
+
+def _plr_subset(spec: Spec, plr: Sequence[float] | None) -> tuple[int, ...] | None:
+    """Positions in ``spec.plr`` of the PLRs to train (None: all)."""
+    if plr is None:
+        return None
+    index = []
+    for value in plr:
+        match = [i for i, v in enumerate(spec.plr) if np.isclose(v, value, rtol=1e-9, atol=0)]
+        if not match:
+            raise LrscanError(f"plr {value:g} is not on the sweep's grid")
+        index.append(match[0])
+    return tuple(sorted(set(index)))
+
+
+def _cut(done: np.ndarray, size: int, plr: tuple[int, ...] | None = None) -> list[Batch]:
     """The stage's runs cut into fixed batches of ``size``, each with the runs left to do.
 
     The cut does not depend on what is done, so a batch redone after a crash has the same
     runs in the same order as before and reproduces their floats exactly.
     """
-    runs = list(itertools.product(*map(range, done.shape)))
+    runs = [r for r in itertools.product(*map(range, done.shape)) if plr is None or r[0] in plr]
     return [Batch(i // size, runs[i : i + size], [r for r in runs[i : i + size] if not done[r]])
             for i in range(0, len(runs), size)]
 
@@ -283,14 +310,15 @@ def _cut(done: np.ndarray, size: int) -> list[Batch]:
 _WORKER_SWEEPS: dict[tuple[str, str], "Sweep"] = {}
 
 
-def _batch_task(spec_tables: dict, store: str, stage: str, index: int, batched: bool, threads: int | None) -> int:
+def _batch_task(spec_tables: dict, store: str, stage: str, index: int, batched: bool, threads: int | None,
+                plr: Sequence[float] | None = None) -> int:
     """A dask task: train one batch of a sweep (waiting while another process holds it);
     returns the runs it wrote."""
     import json
 
     if threads:
         torch.set_num_threads(threads)
-    key = (store, json.dumps(spec_tables, sort_keys=True))
+    key = (store, json.dumps(spec_tables, sort_keys=True), None if plr is None else tuple(plr))
     if key not in _WORKER_SWEEPS:
         spec = Spec.from_dict(spec_tables)
         if spec.device in ("auto", "cuda") and torch.cuda.is_available():
@@ -300,7 +328,7 @@ def _batch_task(spec_tables: dict, store: str, stage: str, index: int, batched: 
             name = get_worker().name
             gpu = int(name) % torch.cuda.device_count() if str(name).isdigit() else 0
             spec = dataclasses.replace(spec, device=f"cuda:{gpu}")
-        _WORKER_SWEEPS[key] = Sweep(spec, store, batched=batched)
+        _WORKER_SWEEPS[key] = Sweep(spec, store, batched=batched, plr=plr)
     sweep = _WORKER_SWEEPS[key]
     batch = sweep.cuts[stage][index]
     while (written := sweep.run_batch(stage, batch)) is None:
@@ -313,12 +341,13 @@ def _run_on_cluster(sweep: Sweep, stage: str, client, tick: Callable[[int], None
     from dask.distributed import as_completed
 
     spec = sweep.setup.spec
+    plr = None if sweep.plr is None else [spec.plr[i] for i in sweep.plr]
     tables = spec.to_dict()
     tables["sweep"]["device"] = spec.device
     n_workers = len(client.scheduler_info().get("workers", {})) or 1
     threads = max(1, (os.cpu_count() or 1) // n_workers) if getattr(client.cluster, "workers", None) else None
     futures = {
-        client.submit(_batch_task, tables, str(sweep.store), stage, batch.index, sweep.batched, threads,
+        client.submit(_batch_task, tables, str(sweep.store), stage, batch.index, sweep.batched, threads, plr,
                       key=f"lrscan-{stage}-{batch.index}-{os.getpid()}-{time.time_ns()}", retries=3, pure=False): batch
         for batch in sweep.batches[stage]
     }
@@ -334,7 +363,7 @@ class SnapshotFile:
     the store, one ``.npz`` per batch (plain arrays, no pickles), replaced atomically."""
 
     def __init__(self, store, stage: str, batch: Batch):
-        self.path = beside(store, "resume") / f"{stage}-{batch.index}.npz"
+        self.path = beside(store, "resume") / f"{stage}-{batch.key}.npz"
         self.runs = np.array(batch.runs)
 
     def load(self) -> Snapshot | None:
