@@ -48,6 +48,9 @@ def test_tiny_sweep_recovers_the_planted_band(planted_store):
     assert (result.band.values[best.values[learned.values]] == "mid").all()
     assert result.sweep_acc.sizes["low_mid"] == len(lrscan.analyze.frequency.SWEEP)
     assert result.band_images.sizes["band"] == 4 and float(result.band_images.max()) <= 1
+    # The figure draws a curve per band and the full test set for each solution.
+    panels = lrscan.plot.frequency(tree)
+    assert len(panels) == 4
     assert result.band_images.shape[-3:] == result.images.shape[-3:] == (3, 8, 8)
 
 

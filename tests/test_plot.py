@@ -128,7 +128,7 @@ def test_frequency_is_skipped_without_its_analysis_and_drawn_with_it(tree, writt
                        coords={"plr": tree["pretrain/metrics"].plr.values, "seed": [0, 1], "solution": solutions,
                                "band": ["background", "low", "mid", "high"]})
     with_frequency = tree.copy()
-    result = xr.Dataset({"test_acc": acc}, attrs={"chance": 0.1})
+    result = xr.Dataset({"band_acc": acc, "test_acc": acc.mean("band")}, attrs={"chance": 0.1})
     with_frequency["analysis/frequency"] = xr.DataTree(result)
     obj = lrscan.plot.frequency(with_frequency)
     assert [plot_options(p)["title"] for p in obj] == ["PT", "SWA (K = 3)", "FT (FLR 0.001)", "FT (FLR 0.01)"]

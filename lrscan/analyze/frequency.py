@@ -68,7 +68,7 @@ def frequency(tree: xr.DataTree, low_mid_sweep: Sequence[int] = SWEEP, swa_k: in
         solution)`` on the unfiltered test set; ``sweep_acc(plr, seed, solution, low_mid,
         band)`` for the low and mid bands at each boundary of the sweep; ``band_images(example,
         band, channel, row, col)``, pixel images of a few test images' bands (clipped to
-        [0, 1]) and ``images`` the originals.  attrs: ``edges`` (radii in 32×32 units).
+        [0, 1]) and ``images`` the originals.  attrs: ``edges`` (radii in 32×32 units), ``chance``.
     """
     require_complete(tree)
     evaluator = Evaluator.of(tree)
@@ -101,7 +101,7 @@ def frequency(tree: xr.DataTree, low_mid_sweep: Sequence[int] = SWEEP, swa_k: in
     out["images"] = xr.DataArray(pixels.clamp(0, 1).numpy(), dims=("example", "channel", "row", "col"))
     out["band_images"] = xr.DataArray(band_filter(pixels, edges).clamp(0, 1).transpose(0, 1).numpy(),
                                       dims=("example", "band", "channel", "row", "col"))
-    out.attrs = {"edges": list(edges), "low_mid": LOW_MID,
+    out.attrs = {"edges": list(edges), "low_mid": LOW_MID, "chance": 1 / first.n_classes,
                  "description": "accuracy of solutions on band-limited test sets (L1 radius of the centred DFT)"}
     return out
 

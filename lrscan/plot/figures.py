@@ -506,19 +506,21 @@ def features(tree: xr.DataTree) -> hv.Layout:
 def frequency(tree: xr.DataTree) -> hv.Layout:
     """Accuracy (%) per frequency band against PLR, one panel per solution (PT, SWA, FT low, FT high).
 
-    Reads ``test_acc(plr, seed, solution, band)`` of the ``frequency`` analysis (image setups),
-    with an optional ``chance`` attribute.
+    Reads ``band_acc(plr, seed, solution, band)`` and ``test_acc(plr, seed, solution)`` (the
+    unfiltered test set, drawn dashed) of the ``frequency`` analysis, and its ``chance`` attribute.
     """
-    result = _analysis(tree, "frequency", ["test_acc"])
+    result = _analysis(tree, "frequency", ["band_acc", "test_acc"])
     palette = colors(result.sizes["band"], "plasma")
 
     def curves(part: xr.Dataset, solution: str) -> list:
-        mean = part.test_acc.mean("seed")
+        mean = part.band_acc.mean("seed")
+        full = part.test_acc.mean("seed")
         return [curve(mean.plr.values, percent(mean.sel(band=b)), PLR, BAND_ACC, f"band {b}", c)
-                for b, c in zip(mean.band.values, palette)]
+                for b, c in zip(mean.band.values, palette)] + [
+            curve(full.plr.values, percent(full), PLR, BAND_ACC, "full test set", "#000000", dashed=True)]
 
     def values(result: xr.Dataset) -> np.ndarray:
-        return percent(result.test_acc.mean("seed")).ravel()
+        return np.concatenate([percent(result.band_acc.mean("seed")).ravel(), percent(result.test_acc).ravel()])
 
     chance = tree["analysis/frequency"].attrs.get("chance", 0.1)
     return _per_solution(tree, result, curves, values, BAND_ACC, "Test accuracy per frequency band vs PLR", chance)

@@ -326,6 +326,7 @@ class Engine:
         """
         if not self.batched:
             self.module.eval()
+            chunk = 1  # runs go one by one anyway: no padding of the last chunk
         n = x.shape[1]
         losses, accs = [], []
         for start in range(0, self.n_runs, chunk):
