@@ -71,9 +71,11 @@ def default_pairs(tree: xr.DataTree, swa_k: int = 5) -> list[tuple[str, str]]:
 
 
 def si_slices(tree: xr.DataTree) -> list[slice]:
-    """Slices of the ``param`` axis that hold the SI group."""
+    """Slices of the ``param`` axis that hold the SI group — or, for a model trained off the
+    sphere (no SI group), its trainable parameters."""
     layers = tree["layers"].to_dataset().load()
-    return [slice(int(a), int(b)) for a, b, si in zip(layers.start.values, layers.stop.values, layers.si.values) if si]
+    group = layers.si.values if layers.si.values.any() else layers.trainable.values
+    return [slice(int(a), int(b)) for a, b, keep in zip(layers.start.values, layers.stop.values, group) if keep]
 
 
 def require_complete(tree: xr.DataTree, stages=("pretrain", "finetune", "swa")) -> None:
