@@ -44,11 +44,15 @@ def summarise(path: str | os.PathLike) -> str:
     lines = [
         f"store     {path}  (schema {attrs['lrscan_schema']}, lrscan {attrs['lrscan_version']}, "
         f"created {attrs['created']})",
-        f"setup     {spec.model} on {spec.dataset}, radius {spec.radius:g}, batch {spec.batch_size}, "
+        f"setup     {spec.model} on {spec.dataset}, "
+        f"{'off the sphere' if spec.radius is None else f'radius {spec.radius:g}'}, batch {spec.batch_size}, "
         f"{attrs['steps_per_epoch']} steps per epoch",
         f"grid      PLR {_grid(spec.plr)}, FLR {_grid(spec.flr)}, {seeds} seeds "
         f"(training seeds {list(spec.seeds)} x data seeds {list(spec.data_seeds)})",
-        f"schedule  pre-train {spec.pretrain_epochs:g} epochs, fine-tune {spec.finetune_epochs:g} epochs "
+        f"schedule  pre-train {spec.pretrain_epochs:g} epochs"
+        + (f" (ELR {spec.pretrain_switch['plr']:g} from epoch {spec.pretrain_switch['epoch']:g})"
+           if spec.pretrain_switch else "")
+        + f", fine-tune {spec.finetune_epochs:g} epochs "
         f"from epoch {spec.resolved_finetune_from:g}, SWA K = {list(spec.swa) or 'none'}",
     ]
     for stage, (done, total, diverged) in status.items():
