@@ -66,7 +66,8 @@ def test_image_store_keeps_weights_on_the_sphere_and_bn_statistics(planted_store
     assert all((final[..., s] > 0).all() and not np.allclose(final[..., s], 1) for s in var)
 
 
-def test_constructed_points_get_recomputed_bn_statistics(planted_store):
+@pytest.mark.parametrize("batch", [32, None])  # the spec's batch, and the default: the whole set at once
+def test_constructed_points_get_recomputed_bn_statistics(planted_store, batch):
     # Engine.recompute_bn against torch's own update_bn on an ordinary module.
     spec = lrscan.store.read_spec(planted_store)
     setup = Setup.build(spec)
@@ -74,12 +75,16 @@ def test_constructed_points_get_recomputed_bn_statistics(planted_store):
     mean = torch.from_numpy(weights.isel(plr=[0, 1], seed=0, epoch=-1).values.mean(0))  # an average: constructed
     engine = setup.engine(mean[None])
     data = setup.data[0]
-    engine.recompute_bn(data.x_train[None], torch.tensor([0]), spec.batch_size)
+    if batch is None:
+        engine.recompute_bn(data.x_train[None], torch.tensor([0]))
+    else:
+        engine.recompute_bn(data.x_train[None], torch.tensor([0]), batch)
     module = copy.deepcopy(setup.module)
     names = [layer.name for layer in setup.layers if not layer.buffer]
     state = dict(zip(names, [mean[l.start:l.stop].reshape(l.shape) for l in setup.layers if not l.buffer]))
     module.load_state_dict(state, strict=False)
-    loader = [data.x_train[i:i + spec.batch_size] for i in range(0, len(data.x_train), spec.batch_size)]
+    size = batch or len(data.x_train)
+    loader = [data.x_train[i:i + size] for i in range(0, len(data.x_train), size)]
     torch.optim.swa_utils.update_bn(loader, module)
     torch.testing.assert_close(engine.flat()[0], flat_state(module, setup.layers), rtol=1e-5, atol=1e-6)
 

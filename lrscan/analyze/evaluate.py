@@ -62,7 +62,7 @@ class Evaluator:
             return flat_t.numpy()
         x, _ = self.sets["train"]
         engine = self.setup.engine(flat_t)
-        engine.recompute_bn(x.to(self.setup.device), torch.as_tensor(np.array(data_index)), self.setup.spec.batch_size)
+        engine.recompute_bn(x.to(self.setup.device), torch.as_tensor(np.array(data_index)))
         return engine.flat().cpu().numpy()
 
     def evaluate(self, flat: np.ndarray, data_index: np.ndarray,

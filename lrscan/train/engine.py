@@ -353,10 +353,12 @@ class Engine:
         return torch.cat(losses)[: self.n_runs], torch.cat(accs)[: self.n_runs]
 
     @torch.no_grad()
-    def recompute_bn(self, x: Tensor, which: Tensor, batch_size: int) -> None:
+    def recompute_bn(self, x: Tensor, which: Tensor, batch_size: int = EVAL_SAMPLES) -> None:
         """Replace every run's BatchNorm statistics by their values over its training set
         ``x[which[m]]`` (D, N, ...), seen in order in batches of ``batch_size`` (train-mode
         forward passes with a cumulative average, as ``torch.optim.swa_utils.update_bn``).
+        The default takes sets of up to 4,096 samples in one pass: their exact statistics,
+        and few calls.
 
         Constructed points — SWA averages, points on a path — need this before they are
         scored (SPEC §5).  A model without BatchNorm is left as it is.

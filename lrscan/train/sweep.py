@@ -430,7 +430,7 @@ def _swa_batch(setup: Setup, writer: StoreWriter, batch: Batch) -> None:
     flat = swa_average(torch.from_numpy(window), ks, layers, spec.radius).reshape(len(batch) * len(ks), -1)
     engine = setup.engine(flat)
     which = torch.tensor([position[r.data_seed] for r in runs for _ in ks], device=setup.device)
-    engine.recompute_bn(data.x_train, which, spec.batch_size)
+    engine.recompute_bn(data.x_train, which)
     flat = to_numpy(engine.flat())
     train_loss, train_acc = engine.evaluate(data.x_train, data.y_train, which, EVAL_CHUNK)
     test_loss, test_acc = engine.evaluate(data.x_test, data.y_test, which, EVAL_CHUNK)
