@@ -189,3 +189,10 @@ def test_every_image_preset_resolves():
     assert load_spec("resnet18si-cifar10").radius == pytest.approx(28.28, abs=0.01)
     assert len(load_spec("resnet18si-cifar10").plr) == 25
     assert layout  # the layout of an image model is what the store's /layers records
+
+
+def test_images_too_small_for_the_bands_are_one_line(tmp_path):
+    result = CliRunner().invoke(main, ["train", "--preset", "planted-convnet", "--set", "data.size=3",
+                                       "--store", str(tmp_path / "s.zarr")])
+    assert result.exit_code == 2 and "no frequency in the low, high band" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "s.zarr").exists()

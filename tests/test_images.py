@@ -275,7 +275,7 @@ def test_planted_spec_crosses_data_seeds():
 
 @pytest.mark.parametrize(
     ("option", "value", "message"),
-    [("band", "background", "data.band must be one of"), ("size", 3, "at least 4"),
+    [("band", "background", "data.band must be one of"), ("size", 3, "has no frequency in the low, high band"),
      ("signal", 0, "positive"), ("noise", -0.1, "non-negative"), ("n_classes", 1, "at least 2")],
 )
 def test_bad_planted_options(option, value, message):

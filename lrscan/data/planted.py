@@ -129,7 +129,7 @@ def load(options: Mapping[str, Any], data_seed: int) -> Data:
 
 def validate(options: dict[str, Any]) -> dict[str, Any]:
     options["seeds"] = list(seeds_list("data.seeds", options["seeds"]))
-    for key, minimum in (("size", 4), ("channels", 1), ("n_classes", 2), ("n_train", 1), ("n_test", 1)):
+    for key, minimum in (("size", 2), ("channels", 1), ("n_classes", 2), ("n_train", 1), ("n_test", 1)):
         options[key] = integer(f"data.{key}", options[key], minimum=minimum)
     if options["band"] not in PLANTABLE:
         raise LrscanError(f"data.band must be one of {', '.join(map(repr, PLANTABLE))}, got {options['band']!r}")
