@@ -42,6 +42,8 @@ class Spec:
     pretrain_epochs: float = 10.0
     finetune_epochs: float = 0.0
     finetune_from: float | None = None
+    # A second pre-training stage: from epoch ``epoch`` on, every run trains with ELR ``plr``.
+    pretrain_switch: Mapping[str, float] | None = None
     log_every: float = 1.0
     checkpoint_epochs: tuple[float, ...] = ()
     swa: tuple[int, ...] = ()
@@ -143,6 +145,16 @@ def load_spec(
     LrscanError
         On any invalid input, with a one-line message.
     """
+    return resolve(load_tables(preset, config, overrides))
+
+
+def load_tables(
+    preset: str | None = None,
+    config: str | Path | None = None,
+    overrides: Iterable[str] = (),
+) -> dict[str, Any]:
+    """The raw tables of a preset or TOML file with ``FIELD=VALUE`` overrides applied, not yet
+    resolved: :func:`load_spec` without its :func:`resolve`, for callers that adjust fields first."""
     if preset is not None and config is not None:
         raise LrscanError("give either a preset or a config file, not both")
     if config is not None:
@@ -166,7 +178,7 @@ def load_spec(
     for item in overrides:
         table, key, value = parse_override(item)
         tables.setdefault(table, {})[key] = value
-    return resolve(tables)
+    return tables
 
 
 def parse_override(item: str) -> tuple[str, str, Any]:
@@ -221,6 +233,12 @@ def resolve(tables: Mapping[str, Any]) -> Spec:
             )
     else:
         finetune_from = pretrain_epochs
+    switch = _switch(get("pretrain_switch"), pretrain_epochs)
+    if switch is not None and finetune_from < switch["epoch"]:
+        raise LrscanError(
+            f"finetune_from = {finetune_from:g} is before pretrain_switch.epoch = {switch['epoch']:g}; "
+            "fine-tuning branches from the second pre-training stage"
+        )
     end = pretrain_epochs + finetune_epochs
     swa = tuple(integer(f"swa[{i}]", k, minimum=1) for i, k in enumerate(_list("swa", get("swa"))))
     if len(set(swa)) != len(swa):
@@ -243,6 +261,7 @@ def resolve(tables: Mapping[str, Any]) -> Spec:
         pretrain_epochs=pretrain_epochs,
         finetune_epochs=finetune_epochs,
         finetune_from=finetune_from,
+        pretrain_switch=switch,
         log_every=number("log_every", get("log_every"), positive=True),
         checkpoint_epochs=_checkpoints(get("checkpoint_epochs"), end),
         swa=tuple(sorted(swa)),
@@ -330,6 +349,31 @@ def seeds_list(name: str, value) -> tuple[int, ...]:
     if len(set(seeds)) != len(seeds):
         raise LrscanError(f"{name} has repeated values: {list(seeds)}")
     return seeds
+
+
+def _switch(value, pretrain_epochs: float) -> dict[str, float] | None:
+    """The ``pretrain_switch`` table ``{epoch, plr}``: a second pre-training stage at ELR ``plr``
+    from ``epoch`` (strictly inside pre-training) to the end of pre-training."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise LrscanError(f"pretrain_switch must be a table {{ epoch = E, plr = LR }}, got {value!r}")
+    for key in value:
+        if key not in ("epoch", "plr"):
+            raise LrscanError(f"unknown key {key!r} in pretrain_switch{closest(key, ['epoch', 'plr'])}")
+    for key in ("epoch", "plr"):
+        if key not in value:
+            raise LrscanError(f"pretrain_switch needs {key!r}: {{ epoch = E, plr = LR }}")
+    epoch = number("pretrain_switch.epoch", value["epoch"], positive=True)
+    if epoch >= pretrain_epochs:
+        raise LrscanError(
+            f"pretrain_switch.epoch = {epoch:g} is not before the end of pre-training (pretrain_epochs = "
+            f"{pretrain_epochs:g}); the second stage would be empty"
+        )
+    plr = value["plr"]
+    if isinstance(plr, bool) or not isinstance(plr, (int, float)) or not math.isfinite(plr) or plr <= 0:
+        raise LrscanError(f"pretrain_switch.plr = {plr!r}: learning rates must be positive and finite")
+    return {"epoch": epoch, "plr": float(plr)}
 
 
 def _checkpoints(value, end: float) -> tuple[float, ...]:

@@ -188,6 +188,7 @@ def _write_skeleton(path: str, plan: Plan, layers: Sequence[Layer]) -> None:
         _allocate(path, f"{name}/metrics", dims, run_coords, time, METRICS, np.float32, diverged=True)
         time = {"epoch": ("epoch", plan.epochs(stage.checkpoint_steps)), "step": ("epoch", stage.checkpoint_steps)}
         _allocate_weights(path, f"{name}/weights", dims, run_coords, time, n_params)
+    zarr.open_group(path, path="pretrain", mode="r+").attrs["stages"] = plan.pretrain_stages
     if plan.swa_steps:
         ks = {"swa": ("swa", np.array(sorted(plan.swa_steps)))}
         _allocate(path, "swa/metrics", RUN_DIMS["swa"], run_coords, ks, SWA_METRICS, np.float32, diverged=False)

@@ -252,7 +252,7 @@ def test_a_batch_killed_mid_way_resumes_from_its_last_snapshot(reference, tmp_pa
     with pytest.raises(RuntimeError):
         train(load_spec(overrides=SPLIT), path, progress=crash)
     snapshots = list(beside(path, "resume").glob("*.npz"))
-    assert [p.name for p in snapshots] == ["finetune-0.npz"]
+    assert [p.name for p in snapshots] == ["finetune-0-0-0x3.npz"]
     seen = []
     train(load_spec(overrides=SPLIT), path, progress=lambda p: seen.append(p))
     # Fine-tuning is 3 batches (3, 3 and 2 runs) of 8 steps: 64 model-steps. The first batch

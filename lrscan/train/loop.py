@@ -112,7 +112,8 @@ def run_stage(
     stage
         Steps to run, log and checkpoint.
     elr
-        Effective learning rate of each run, (M,).
+        Effective learning rate of each run, (M,); from ``stage.switch``'s step on, every run
+        trains at the switch's ELR instead.
     seeds
         (train_seed, data_seed) of each run; runs with equal seeds see the same batches.
     batch_size, steps_per_epoch
@@ -138,6 +139,7 @@ def run_stage(
     weights = np.full((m, len(ckpt_index), engine.flat().shape[1]), np.nan, dtype=np.float32)
     diverged = np.full(m, -1, dtype=np.int64)
     grad_sum = torch.zeros(m, device=device)
+    switch_elr = None if stage.switch is None else torch.full_like(elr, stage.switch[1])
     first = stage.start if resume is None else resume.step
     grad_count, last_reported, last_snapshot = 0, first, time.monotonic()
     if resume is not None:
@@ -189,7 +191,8 @@ def run_stage(
         keys = None if engine.batched else [step_key(*s, stage.name, step) for s in seeds]
         if data.augment is not None:
             x = torch.stack([data.augment(x[i], generator.manual_seed(keys[i])) for i in range(m)])
-        grad_sum += engine.step(x, y, elr, keys)
+        rate = elr if switch_elr is None or step < stage.switch[0] else switch_elr
+        grad_sum += engine.step(x, y, rate, keys)
         grad_count += 1
         record(step + 1)
     if progress is not None and stage.stop > last_reported:

@@ -17,13 +17,18 @@ from lrscan.spec import Spec
 
 @dataclass(frozen=True)
 class Stage:
-    """One constant-LR stage: steps ``start .. stop`` (inclusive of both for logs and checkpoints)."""
+    """One stage of training: steps ``start .. stop`` (inclusive of both for logs and checkpoints).
+
+    Each run trains at its own constant ELR, unless ``switch = (step, elr)``: from that step
+    on, every run trains at ``elr`` (the second stage of a two-stage pre-training).
+    """
 
     name: str
     start: int
     stop: int
     log_steps: np.ndarray
     checkpoint_steps: np.ndarray
+    switch: tuple[int, float] | None = None
 
     @property
     def n_steps(self) -> int:
@@ -64,10 +69,14 @@ class Plan:
         log = step("log_every", spec.log_every)
         ckpt = {step("checkpoint_epochs", e) for e in spec.checkpoint_epochs}
 
+        log_steps, extra, switch = _grid(0, pt_end, log), set(), None
+        if spec.pretrain_switch is not None:  # its step ends the first stage: always logged and checkpointed
+            switch = (step("pretrain_switch.epoch", spec.pretrain_switch["epoch"]), spec.pretrain_switch["plr"])
+            log_steps, extra = np.union1d(log_steps, [switch[0]]), {switch[0]}
         pretrain = Stage(
-            "pretrain", 0, pt_end,
-            _grid(0, pt_end, log),
-            np.array(sorted({0, ft_from, pt_end} | {c for c in ckpt if c <= pt_end})),
+            "pretrain", 0, pt_end, log_steps,
+            np.array(sorted({0, ft_from, pt_end} | extra | {c for c in ckpt if c <= pt_end})),
+            switch,
         )
         finetune = Stage(
             "finetune", ft_from, ft_end,
@@ -90,6 +99,16 @@ class Plan:
 
     def epochs(self, steps: np.ndarray) -> np.ndarray:
         return np.asarray(steps, dtype=np.float64) / self.steps_per_epoch
+
+    @property
+    def pretrain_stages(self) -> list[list]:
+        """Pre-training's stages as ``[start_epoch, stop_epoch, elr]``, where the ELR ``"plr"``
+        is each run's own PLR: what the store records as ``/pretrain`` attribute ``stages``."""
+        stage, spe = self.pretrain, self.steps_per_epoch
+        if stage.switch is None:
+            return [[0.0, stage.stop / spe, "plr"]]
+        at, elr = stage.switch
+        return [[0.0, at / spe, "plr"], [at / spe, stage.stop / spe, elr]]
 
 
 def _to_step(name: str, epochs: float, steps_per_epoch: int) -> int:
