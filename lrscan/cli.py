@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import sys
 import time
@@ -11,29 +10,7 @@ from pathlib import Path
 
 import click
 
-from lrscan.errors import LrscanError
-
-DEFAULT_STORE_DIR = Path("store")
-
-
-class UserError(click.ClickException):
-    """A one-line error on stderr with exit status 2."""
-
-    exit_code = 2
-
-
-def user_errors(func):
-    """Turn library errors a user can fix into one line and exit status 2, never a traceback."""
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        try:
-            return func(*args, **kwargs)
-        except LrscanError as err:
-            raise UserError(str(err)) from None
-
-    return wrapper
-
+from lrscan.cliutil import DEFAULT_STORE_DIR, UserError, cluster_options, default_store, spec_options, user_errors
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="lrscan")
@@ -41,23 +18,10 @@ def main() -> None:
     """Learning-rate sweeps of scale-invariant networks on a sphere: train, analyse, explore."""
 
 
-def default_store(preset: str | None, config: str | None) -> Path:
-    from lrscan.spec import DEFAULT_PRESET
-
-    name = Path(config).stem if config else (preset or DEFAULT_PRESET)
-    return DEFAULT_STORE_DIR / f"{name}.zarr"
-
-
 @main.command()
-@click.option("--preset", metavar="NAME", help="A shipped preset (default: synthetic); see `lrscan presets`.")
-@click.option("--config", metavar="FILE", help="A TOML sweep spec with a [sweep] table.")
-@click.option("--store", metavar="PATH", help="Store directory (default: store/<preset or config name>.zarr).")
-@click.option("--set", "overrides", metavar="FIELD=VALUE", multiple=True,
-              help="Override a spec field, e.g. --set seeds=3 --set data.n_train=256. Repeatable.")
+@spec_options()
 @click.option("--sequential", is_flag=True, help="Step runs one at a time instead of batched.")
-@click.option("--workers", type=click.IntRange(min=1), metavar="N",
-              help="Run batches on a local dask cluster of N worker processes (one per GPU on a GPU machine).")
-@click.option("--scheduler", metavar="ADDRESS", help="Run batches on an existing dask cluster, e.g. tcp://host:8786.")
+@cluster_options
 @user_errors
 def train(preset, config, store, overrides, sequential, workers, scheduler) -> None:
     """Pre-train, fine-tune and average every run of a sweep into a store.
@@ -238,6 +202,202 @@ class ProgressDisplay:
             eta = f", about {elapsed / share - elapsed:.0f} s left" if 0 < share < 1 else ""
             print(f"{progress.phase}: {100 * share:5.1f}% of {progress.total:,} model-steps, "
                   f"{elapsed:.0f} s{eta}", file=self.stream, flush=True)
+
+
+def _number(option: str, text: str | None) -> float | None:
+    """A number given on the command line (``1e-3``, ``2_000_000``), or a one-line error."""
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise UserError(f"{option} must be a number, got {text!r}") from None
+
+
+@main.command()
+@spec_options("-threshold")
+@click.option("--low", metavar="PLR", help="Lowest PLR of the grid (default: the spec's smallest PLR).")
+@click.option("--high", metavar="PLR", help="Highest PLR of the grid (default: the spec's largest PLR).")
+@click.option("--per-decade", default="16", show_default=True, metavar="N", help="Grid points per decade of PLR.")
+@click.option("--budget", metavar="MODEL_STEPS",
+              help="Model-steps the search may spend in all, e.g. 2e6 (default: until the bracket is one grid step).")
+@click.option("--sequential", is_flag=True, help="Step runs one at a time instead of batched.")
+@user_errors
+def threshold(preset, config, store, overrides, low, high, per_decade, budget, sequential) -> None:
+    """Locate the convergence threshold by bisection in log-PLR, training only the PLRs it picks.
+
+    Pre-trains from scratch (every seed, pretrain_epochs each, no fine-tuning) at grid
+    points picked round by round: the grid's ends, then always the midpoint of the bracket
+    between the largest PLR whose seeds all reach train loss < 1e-2 and the smallest one
+    above it that does not. Prints the threshold (the bracket's geometric mean) with its
+    half-width in log10, and stores it under /analysis/threshold. Rerunning resumes; a
+    larger --budget refines the bracket further. See README.md, "Threshold study".
+    """
+    import math
+
+    from lrscan.threshold import ThresholdSearch, threshold_spec
+
+    steps = _number("--per-decade", per_decade)
+    spec = threshold_spec(preset, config, overrides, low=_number("--low", low), high=_number("--high", high),
+                          per_decade=int(steps) if steps.is_integer() else steps)
+    base = default_store(preset, config)
+    path = store or base.with_name(f"{base.stem}-threshold.zarr")
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    search = ThresholdSearch(spec, path, budget=_number("--budget", budget), batched=False if sequential else None)
+    click.echo(f"threshold search over {len(spec.plr)} PLRs from {spec.plr[0]:.3g} to {spec.plr[-1]:.3g}: "
+               f"{search.n_runs} seeds x {spec.pretrain_epochs:g} epochs ({search.cost:,} model-steps) per PLR, "
+               f"into {path}", err=True)
+    display = ProgressDisplay()
+
+    def show(found) -> None:
+        nonlocal display
+        display.__exit__()
+        display = ProgressDisplay()
+        outcomes = ", ".join(f"PLR {p:.3g}: {n}/{found.n_seeds}" for p, n in zip(found.plr, found.seeds_converged))
+        lo, hi = found.bracket
+        click.echo(f"round {found.index}: {outcomes} seeds converge; bracket [{lo:.3g}, {hi:.3g}]"
+                   + ("" if found.trained else " (from the store)"), err=True)
+
+    try:
+        result = search.run(progress=lambda p: display.update(p), on_round=show)
+    except KeyboardInterrupt:
+        raise UserError("interrupted; finished runs are kept in the store, run the same command to resume") from None
+    finally:
+        display.__exit__()
+    lo, hi = result.bracket
+    if result.status == "below":
+        click.echo(f"not every seed converges even at the grid's bottom, PLR {spec.plr[0]:.3g}: the threshold lies "
+                   "below the grid; lower --low")
+    elif result.status == "above":
+        click.echo(f"every seed converges even at the grid's top, PLR {spec.plr[-1]:.3g}: the threshold lies above "
+                   "the grid; raise --high")
+    else:
+        how = "one grid step" if result.status == "resolved" else "the budget ran out first"
+        click.echo(f"convergence threshold at PLR {result.threshold:.3g} (log10 {math.log10(result.threshold):.3f} "
+                   f"± {result.log10_halfwidth:.3f}), bracket [{lo:.3g}, {hi:.3g}] ({how}); {len(result.picks)} "
+                   f"PLRs trained, {result.model_steps:,} model-steps; stored under {path}/analysis/threshold")
+
+
+def _scan_amount(option: str, text: str | None, units: dict[str, float], what: str) -> float | None:
+    """A number with an optional unit suffix (``30m``, ``25%``), or a one-line error naming ``what`` it must be."""
+    if text is None:
+        return None
+    value, scale = text.strip(), 1.0
+    for suffix, factor in units.items():
+        if value.endswith(suffix):
+            value, scale = value[: -len(suffix)], factor
+            break
+    try:
+        return float(value) * scale
+    except ValueError:
+        raise UserError(f"{option} must be {what}, got {text!r}") from None
+
+
+def _log10_plr(estimate) -> str:
+    """An estimate in log10 PLR as it reads on the terminal."""
+    if not estimate.found:
+        return "not within the PLR range"
+    return f"{10 ** estimate.value:.3g} (log10 {estimate.value:.3f} ± {estimate.uncertainty:.3f})"
+
+
+SCAN_STOPS = {
+    "resolved": "every estimate reached the precision",
+    "ambiguous": "some bracket is wider than the precision but has no untrained PLR left (its seeds disagree)",
+    "budget": "the next round would pass the budget; rerun with a larger --budget to continue",
+    "time": "the time is up; rerun the same command to continue",
+}
+
+
+@main.command()
+@spec_options("-scan")
+@click.option("--budget", metavar="STEPS",
+              help="Most model-steps the scan may spend, e.g. 4e6, or a share of the full grid's, e.g. 30%.")
+@click.option("--time", "time_limit", metavar="DURATION",
+              help="Start no new round after this wall time: seconds, or e.g. 90m, 2h.")
+@click.option("--precision", metavar="DECADES",
+              help="Target uncertainty of the 2A range's ends in log10 PLR (default: the grid's resolution).")
+@click.option("--per-decade", default="16", show_default=True, metavar="N", help="PLRs per decade of the scan's grid.")
+@click.option("--flrs", default=3, show_default=True, type=click.IntRange(min=1), metavar="N",
+              help="FLRs to fine-tune with: the lowest and highest of the spec's, and evenly spread ones between.")
+@click.option("--per-bracket", default=1, show_default=True, type=click.IntRange(min=1), metavar="K",
+              help="New PLRs per unresolved bracket and round (1: bisection; more: fewer, wider rounds).")
+@cluster_options
+@user_errors
+def scan(preset, config, store, overrides, budget, time_limit, precision, per_decade, flrs, per_bracket, workers,
+         scheduler) -> None:
+    """Find the 2A range and the best PLR adaptively, training only the PLRs that decide them.
+
+    Round 0 trains a coarse grid (2 PLRs per decade); each later round reads the regimes
+    and fine-tuned accuracies of what is trained and adds PLRs of a fine grid where they
+    narrow the convergence threshold, the 2A|2B boundary and the best fine-tuned accuracy.
+    Every run is an ordinary run in an ordinary store: rerunning resumes, a larger --budget
+    continues. The result is printed and stored under /analysis/scan. See README.md,
+    "lrscan scan".
+    """
+    from lrscan.scan import Scan, estimates
+    from lrscan.spec import load_spec
+
+    if workers and scheduler:
+        raise UserError("give either --workers or --scheduler, not both")
+    base = default_store(preset, config)
+    path = store or base.with_name(f"{base.stem}-scan.zarr")
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    job = Scan(load_spec(preset, config, overrides), path,
+               per_decade=_scan_amount("--per-decade", per_decade, {}, "a number"), flrs=flrs,
+               precision=_scan_amount("--precision", precision, {}, "a number of decades"), per_bracket=per_bracket)
+    steps = _scan_amount("--budget", budget, {"%": job.grid_steps / 100},
+                         "a number of model-steps or a percentage of the full grid's")
+    seconds = _scan_amount("--time", time_limit, {"s": 1, "m": 60, "h": 3600}, "seconds or a duration like 90m")
+    job.check(steps, seconds)
+    spec = job.spec
+    click.echo(f"scanning {len(spec.plr)} PLRs from {spec.plr[0]:.3g} to {spec.plr[-1]:.3g} "
+               f"({job.per_decade:g} per decade), FLRs {', '.join(f'{f:.3g}' for f in spec.flr)}, "
+               f"{job.plr_steps:,} model-steps per PLR, into {path}", err=True)
+    display = None
+
+    def show_training(progress) -> None:
+        nonlocal display
+        display = display or ProgressDisplay()
+        display.update(progress)
+
+    def show_round(done) -> None:
+        nonlocal display
+        if display is not None:
+            display.__exit__()
+            display = None
+        est = done.estimate
+        how = "trained" if done.trained else "read from the store"
+        click.echo(f"round {done.number}: {how} PLR {', '.join(f'{p:.3g}' for p in done.plr)}; {done.n_plr} PLRs, "
+                   f"{done.model_steps:,} model-steps ({100 * done.model_steps / job.grid_steps:.0f}% of the full "
+                   f"grid) | threshold {_log10_plr(est['1|2'])} | 2A|2B {_log10_plr(est['2A|2B'])} | "
+                   f"recommended {_log10_plr(est['recommended'])}", err=True)
+
+    with cluster_client(workers, scheduler) as client:
+        try:
+            result = job.run(budget=steps, seconds=seconds, client=client, progress=show_training, report=show_round)
+        except KeyboardInterrupt:
+            raise UserError("interrupted; finished runs are kept in the store, run the same command to resume") from None
+        finally:
+            if display is not None:
+                display.__exit__()
+    est = estimates(result)
+    low, high = est["1|2"], est["2A|2B"]
+    click.echo(f"convergence threshold  {_log10_plr(low)}")
+    if low.found and high.found:
+        click.echo(f"2A range               {10 ** low.value:.3g} to {10 ** high.value:.3g} "
+                   f"(log10 {low.value:.3f} ± {low.uncertainty:.3f} to {high.value:.3f} ± {high.uncertainty:.3f})")
+    else:
+        click.echo(f"2A range               up to {_log10_plr(high)}")
+    line = f"recommended PLR        {_log10_plr(est['recommended'])}"
+    if "recommended_flr" in result:
+        line += (f": FT test accuracy {100 * float(result.recommended_test_acc):.1f}% "
+                 f"with FLR {float(result.recommended_flr):.3g}")
+    click.echo(line)
+    spent = result.attrs["model_steps"]
+    click.echo(f"spent {spent:,} model-steps on {result.sizes.get('plr', 0)} of {len(spec.plr)} grid PLRs in "
+               f"{result.attrs['rounds']} rounds, {100 * spent / job.grid_steps:.0f}% of the full grid's "
+               f"{job.grid_steps:,}; stopped: {SCAN_STOPS.get(result.attrs['stopped'], result.attrs['stopped'])}")
+    click.echo(f"stored under {path}/analysis/scan", err=True)
 
 
 @main.command("import")

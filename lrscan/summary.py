@@ -60,6 +60,12 @@ def summarise(path: str | os.PathLike) -> str:
         lines.append(f"{stage:9s} {done}/{total} runs done{extra}")
     complete = all(done == total for done, total, _ in status.values())
     lines.append(f"size      {_size(path) / 1e6:.1f} MB on disk")
-    lines.append("status    complete" if complete else
-                 f"status    incomplete: run `lrscan train --store {path}` with the same spec to finish")
+    root = zarr.open_group(str(path), mode="r")
+    adaptive = [name for name in ("scan", "threshold") if f"analysis/{name}" in root]
+    if adaptive:  # an adaptive search trains only the grid points it picks
+        lines.append(f"status    a `lrscan {adaptive[0]}` store: only the PLRs the search picked are trained; "
+                     f"its result is in /analysis/{adaptive[0]}")
+    else:
+        lines.append("status    complete" if complete else
+                     f"status    incomplete: run `lrscan train --store {path}` with the same spec to finish")
     return "\n".join(lines)

@@ -61,7 +61,8 @@ def plot_options(panel) -> dict:
 
 
 def test_every_figure_has_a_registered_expectation():
-    assert set(figures.FIGURES) == set(PANELS) | {"frequency"}
+    # Figures of other kinds of stores (threshold, two-stage, sharpness, scan) are tested in their own files.
+    assert set(figures.FIGURES) == set(PANELS) | {"frequency", "threshold", "two_stage", "sharpness", "scan"}
     assert all(callable(getattr(lrscan.plot, name)) for name in figures.FIGURES)
 
 

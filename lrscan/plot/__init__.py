@@ -16,7 +16,7 @@ figure, so that the command line starts fast.
 DEFAULT_PORT = 5006
 
 __all__ = ["FIGURES", "features", "frequency", "ft_accuracy", "geometry", "group_norms", "pt_accuracy",
-           "summary", "swa_accuracy", "training_curves", "write_figures"]
+           "scan", "sharpness", "summary", "swa_accuracy", "threshold", "training_curves", "two_stage", "write_figures"]
 
 
 def __getattr__(name):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from lrscan.cli import UserError, default_store, user_errors
+from lrscan.cliutil import UserError, default_store, user_errors
 from lrscan.plot import DEFAULT_PORT
 
 

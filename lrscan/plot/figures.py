@@ -84,6 +84,9 @@ class Figure:
         What the figure shows, in the study's words.
     caption
         How to read it.
+    when
+        ``when(tree)``: why the store's sweep cannot show the figure (e.g. it has no
+        two-stage schedule), or None; for conditions that analyses and stages do not express.
     """
 
     func: Callable[[xr.DataTree], hv.core.Dimensioned]
@@ -91,9 +94,12 @@ class Figure:
     title: str
     caption: str
     stages: tuple[str, ...] = ()
+    when: Callable[[xr.DataTree], str | None] | None = None
 
     def missing(self, tree: xr.DataTree) -> str | None:
         """Why the store cannot show this figure, or None when it can."""
+        if self.when is not None and (reason := self.when(tree)):
+            return reason
         stages = [stage for stage in self.stages if stage not in tree.children]
         if stages:
             return f"needs {', '.join(stages)} data, which the store does not have"
@@ -116,11 +122,12 @@ def stored_analyses(tree: xr.DataTree) -> set[str]:
             if "lrscan_fingerprint" in node.attrs or "lrscan_analyzer" not in node.attrs}
 
 
-def figure(name: str, *, needs: tuple[str, ...], title: str, caption: str, stages: tuple[str, ...] = ()):
+def figure(name: str, *, needs: tuple[str, ...], title: str, caption: str, stages: tuple[str, ...] = (),
+           when: Callable[[xr.DataTree], str | None] | None = None):
     """Register ``func`` as the figure ``name`` (decorator); see :class:`Figure`."""
 
     def register(func):
-        FIGURES[name] = Figure(func, needs, title, caption, stages)
+        FIGURES[name] = Figure(func, needs, title, caption, stages, when)
         return func
 
     return register
@@ -606,6 +613,283 @@ def training_curves(tree: xr.DataTree, flr: float | None = None) -> hv.Layout:
     return _layout(panels, "Training curves" + suffix)
 
 
+HESSIAN_TRACE = hv.Dimension("hessian_trace", label="Hessian trace of the train loss (SI group)")
+TEST_ERROR = hv.Dimension("test_error", label="test error", unit="%")
+LOG_PLR = hv.Dimension("log10_plr", label="log10 PLR")
+
+
+@figure("threshold", needs=("threshold",), title="Epochs to convergence near the threshold",
+        caption="Epochs pre-training from scratch needs to bring the train loss below 1e-2 (the study's convergence), "
+                "against PLR, for the grid points the threshold search trained (`lrscan threshold`): mean over seeds "
+                "± std (band) where every seed converged, each seed a dot; a triangle at the budget marks a seed that "
+                "did not converge within it. Shaded: the threshold's bracket (largest converging PLR, smallest "
+                "non-converging one above it); dashed: the threshold, the bracket's geometric mean.")
+def threshold(tree: xr.DataTree) -> hv.Overlay:
+    """Epochs to reach train loss 1e-2 against PLR (log axes) near the threshold, its bracket shaded.
+
+    Reads ``epochs_to_converge(plr, seed)``, ``bracket_low``, ``bracket_high`` and ``threshold``
+    of the ``threshold`` analysis (:mod:`lrscan.threshold`).
+
+    Returns
+    -------
+    hv.Overlay
+        A Curve and Spread of the seed mean of ``epochs_to_converge`` over ``plr``, a Scatter of
+        the seeds, a Scatter of the seeds that did not converge (at the budget), the bracket
+        (VSpan) and the threshold (VLine).
+    """
+    result = _analysis(tree, "threshold", ["epochs_to_converge", "bracket_low", "bracket_high", "threshold"])
+    loss = tree["analysis/threshold"].attrs.get("loss", 1e-2)
+    budget = float(tree.attrs["spec"]["sweep"]["pretrain_epochs"])
+    epochs = result.epochs_to_converge.transpose("plr", "seed")
+    plr = epochs.plr.values
+    every = epochs.notnull().all("seed").values
+    mean, std = epochs.mean("seed").values, epochs.std("seed").fillna(0).values
+    dim = hv.Dimension("epochs_to_converge", label=f"epochs to train loss < {loss:g}", unit="epochs")
+    shown = np.where(every, mean, np.nan)  # a mean only where every seed converged
+    band = style(hv.Spread((plr[every], mean[every], std[every]), PLR, [dim, SPREAD]),
+                 {"color": "#4C72B0", "alpha": 0.25}, {"line_alpha": 0})
+    runs = np.repeat(plr, epochs.sizes["seed"])
+    values = epochs.values.ravel()
+    seeds = style(hv.Scatter((runs[np.isfinite(values)], values[np.isfinite(values)]), PLR, dim, label="seeds"),
+                  {"color": "#222222", "alpha": 0.5}, {"size": 5}, {"s": 12})
+    never = runs[~np.isfinite(values)]
+    missed = style(hv.Scatter((never, np.full(never.size, budget)), PLR, dim,
+                              label=f"not converged in {budget:g} epochs"),
+                   {"color": "#C44E52"}, {"size": 8, "marker": "triangle"}, {"s": 30, "marker": "^"})
+    marks = []
+    lo, hi = float(result.bracket_low), float(result.bracket_high)
+    if np.isfinite(lo) and np.isfinite(hi):
+        marks.append(style(hv.VSpan(lo, hi), {"alpha": 0.15}, {"color": "#55A868", "line_alpha": 0},
+                           {"facecolor": "#55A868", "edgecolor": "none"}))
+        marks.append(style(hv.VLine(float(result.threshold)), {"color": "#555555"},
+                           {"line_dash": "dashed", "line_width": 1.5}, {"linestyle": "--", "linewidth": 1.2}))
+    ylim = _limits(np.append(values, budget), log=True)
+    edges = _plr_edges(np.asarray(tree.attrs["spec"]["sweep"]["plr"]))
+    title = (f"Threshold {float(result.threshold):.3g} (log10 ± {(math.log10(hi) - math.log10(lo)) / 2:.2g})"
+             if np.isfinite(lo * hi) else "The grid does not bracket the threshold")
+    return framed(hv.Overlay([*marks, band, seeds, missed, curve(plr, shown, PLR, dim, "mean ± std", "#4C72B0")]),
+                  title=title, logx=True, logy=True, xlim=(edges[0], edges[-1]), ylim=ylim,
+                  xlabel=PLR.pprint_label, ylabel=dim.pprint_label)
+
+
+def _two_stage_switch(tree: xr.DataTree) -> str | None:
+    if not tree.attrs["spec"]["sweep"].get("pretrain_switch"):
+        return "needs a two-stage pre-training (pretrain_switch), which the store's sweep does not have"
+    return None
+
+
+def two_stage_accuracy(tree: xr.DataTree) -> xr.Dataset:
+    """Test accuracy of a two-stage sweep at the end of each stage: what the ``two_stage`` figure shows.
+
+    Returns
+    -------
+    xr.Dataset
+        ``test_acc(plr, seed, stage)`` at the end of stage 1 (``stage 1``: the metric row at
+        the switch), at the end of stage 2 (``stage 2``: the end of pre-training) and, with
+        fine-tuning, after it (``after FT``) with the FLR whose seed-mean final accuracy is
+        best for the PLR (``best_flr(plr)``); ``plr`` is the first stage's PLR.
+    """
+    reason = _two_stage_switch(tree)
+    if reason:
+        raise LrscanError(f"the two-stage figure {reason}")
+    switch = tree.attrs["spec"]["sweep"]["pretrain_switch"]
+    pt = tree["pretrain/metrics"]["test_acc"].drop_vars("step", errors="ignore")
+    parts = [pt.sel(epoch=switch["epoch"], drop=True), pt.isel(epoch=-1, drop=True)]
+    labels = ["stage 1", "stage 2"]
+    out = {}
+    if "finetune" in tree.children:
+        ft = tree["finetune/metrics"]["test_acc"].isel(epoch=-1, drop=True).load()
+        best = ft.mean("seed").fillna(-1).idxmax("flr")
+        parts.append(ft.sel(flr=best).drop_vars("flr"))
+        labels.append("after FT")
+        out["best_flr"] = best.drop_vars("flr", errors="ignore")
+    acc = xr.concat([p.load() for p in parts], dim="stage").assign_coords(stage=np.array(labels, dtype=object))
+    return xr.Dataset({"test_acc": acc.transpose("plr", "seed", "stage"), **out},
+                      attrs={"switch_epoch": switch["epoch"], "switch_plr": switch["plr"]})
+
+
+@figure("two_stage", needs=(), when=_two_stage_switch, title="Two-stage pre-training: test accuracy per stage",
+        caption="Two-stage pre-training: each run pre-trains at its PLR (x axis) until the switch epoch, then at "
+                "the second stage's ELR to the end of pre-training, then fine-tunes. Bars: test accuracy at the end "
+                "of stage 1, at the end of stage 2, and after fine-tuning with the best FLR (mean over seeds; "
+                "hover for the std). A PLR in regime 2B whose accuracy rises through the 2A stage is rescued by it.")
+def two_stage(tree: xr.DataTree) -> hv.Bars:
+    """Grouped bars of test accuracy (%) per first-stage PLR: end of stage 1, end of stage 2, after FT.
+
+    Returns
+    -------
+    hv.Bars
+        ``test_acc`` (%, mean over seeds) over (``plr``, ``stage``), with ``spread`` (std over
+        seeds) as a second value for hover; data from :func:`two_stage_accuracy`.
+    """
+    acc = two_stage_accuracy(tree).test_acc
+    mean, std = percent(acc.mean("seed")), percent(acc.std("seed"))
+    stages = [str(s) for s in acc.stage.values]
+    plr_labels = [f"{p:.3g}" for p in acc.plr.values]
+    plr_dim = hv.Dimension("plr", label="first-stage PLR", values=plr_labels)
+    stage_dim = hv.Dimension("stage", label="stage", values=stages)  # values: the order of the bars
+    rows = [(p, s, mean[i, j], std[i, j]) for i, p in enumerate(plr_labels) for j, s in enumerate(stages)]
+    bars = hv.Bars(rows, [plr_dim, stage_dim], [TEST_ACC, SPREAD])
+    palette = dict(zip(stages, ["#DD8452", "#55A868", "#4C72B0"]))
+    style(bars, {"color": hv.dim("stage").categorize(palette)}, {"tools": ["hover"]}, {})
+    switch = tree.attrs["spec"]["sweep"]["pretrain_switch"]
+    # Bars start at 0: a bar's length is its accuracy.
+    return framed(bars, title=f"Switch to ELR {switch['plr']:g} at epoch {switch['epoch']:g}",
+                  ylim=(0.0, min(100.0, _limits(mean)[1])), legend=False,
+                  xlabel=plr_dim.label, ylabel=TEST_ACC.pprint_label)
+
+
+# FT solutions whose final train loss is within this factor of the median are compared.
+LOSS_FACTOR = 3.0
+
+
+def sharpness_points(tree: xr.DataTree, loss_factor: float = LOSS_FACTOR) -> xr.Dataset:
+    """Sharpness and test error of every FT solution, and which of them have matched train loss.
+
+    Parameters
+    ----------
+    tree
+        An opened store with fine-tuning and the ``sharpness`` analysis.
+    loss_factor
+        A solution is *matched* when its final train loss lies within this factor of the
+        median final train loss of all FT solutions (between median / factor and median ×
+        factor), so that sharpness is compared between solutions that fit the training set
+        equally well. It must be a finite factor above 1.
+
+    Returns
+    -------
+    xr.Dataset
+        Over (plr, flr, seed): ``hessian_trace`` (of the ``sharpness`` analysis),
+        ``test_error`` and ``train_loss`` (final FT metric row) and ``matched``; attrs
+        ``median_train_loss`` and ``loss_factor``.
+    """
+    if not (math.isfinite(loss_factor) and loss_factor > 1):
+        raise LrscanError(f"loss_factor must be a finite factor above 1, got {loss_factor!r}")
+    if "finetune" not in tree.children:
+        raise LrscanError("the store has no fine-tuning data (finetune_epochs = 0); the sharpness figure compares "
+                          "fine-tuned solutions")
+    trace = _analysis(tree, "sharpness", ["hessian_trace"]).hessian_trace
+    ft = trace.solution.values[np.asarray(trace.kind.values == "ft")]
+    trace = (trace.sel(solution=ft).assign_coords(flr=("solution", trace.value.sel(solution=ft).values))
+             .swap_dims(solution="flr").drop_vars(["solution", "kind", "value"], errors="ignore"))
+    final = tree["finetune/metrics"].to_dataset()[["train_loss", "test_acc"]].isel(epoch=-1, drop=True)
+    final = final.drop_vars("step", errors="ignore").load()
+    trace = trace.sel(flr=final.flr.values).transpose(*final.train_loss.dims)
+    median = float(final.train_loss.median())
+    matched = (final.train_loss >= median / loss_factor) & (final.train_loss <= median * loss_factor)
+    return xr.Dataset({"hessian_trace": trace, "test_error": 1 - final.test_acc, "train_loss": final.train_loss,
+                       "matched": matched},
+                      attrs={"median_train_loss": median, "loss_factor": loss_factor})
+
+
+@figure("sharpness", needs=("sharpness",), stages=("finetune",), title="Sharpness vs test error at matched train loss",
+        caption="Hessian trace of the train loss over the SI group (Hutchinson's estimate, `lrscan analyze --only "
+                "sharpness`; log axis) against the test error of fine-tuned solutions, one point per (PLR, FLR, "
+                f"seed), coloured by log10 PLR. Only solutions whose final train loss lies within a factor "
+                f"{LOSS_FACTOR:g} of the median over all fine-tuned solutions are shown, so that sharpness is compared "
+                "at matched train loss; non-positive trace estimates have no place on the log axis and are left out.")
+def sharpness(tree: xr.DataTree, loss_factor: float = LOSS_FACTOR) -> hv.Scatter:
+    """Hessian trace (log x) against test error (%) of FT solutions at matched train loss, coloured by PLR.
+
+    Parameters
+    ----------
+    tree
+        An opened store with fine-tuning and the ``sharpness`` analysis.
+    loss_factor
+        The train-loss band of :func:`sharpness_points`.
+
+    Returns
+    -------
+    hv.Scatter
+        ``test_error`` (%) over ``hessian_trace``, coloured by ``log10_plr``; one point per
+        matched solution with a positive trace.
+    """
+    points = sharpness_points(tree, loss_factor)
+    shown = points.where(points.matched & (points.hessian_trace > 0)).stack(solution=points.train_loss.dims)
+    shown = shown.dropna("solution", subset=["hessian_trace", "test_error"])
+    log_plr = np.log10(shown.plr.values)
+    table = (shown.hessian_trace.values, percent(shown.test_error), log_plr, shown.flr.values)
+    flr = hv.Dimension("flr", label="FLR")
+    scatter = style(hv.Scatter(table, HESSIAN_TRACE, [TEST_ERROR, LOG_PLR, flr]),
+                    {"color": LOG_PLR.name, "cmap": "viridis", "colorbar": True}, {"size": 8, "tools": ["hover"]},
+                    {"s": 30})
+    total = int(points.hessian_trace.notnull().sum())
+    title = (f"FT solutions, train loss ×{loss_factor:g} of {points.median_train_loss:.2g}: "
+             f"{shown.sizes['solution']} of {total}")
+    positive = points.hessian_trace.values[points.hessian_trace.values > 0]
+    limits = {"xlim": _limits(positive, log=True)} if positive.size else {}
+    return framed(scatter, title=title, logx=True, legend=False, **limits,
+                  xlabel=HESSIAN_TRACE.pprint_label, ylabel=TEST_ERROR.pprint_label)
+
+
+SCAN_ROUND = hv.Dimension("round", label="round that added the PLR")
+SCAN_LOG_PLR = hv.Dimension("log10_plr_estimate", label="estimate (log10 PLR)")
+SCAN_COLORS = {"1|2": "#4C72B0", "2A|2B": "#DD8452", "recommended": "#2E8B57"}
+
+
+@figure("scan", needs=("scan",), title="Scan: fine-tuned accuracy vs PLR, round by round",
+        caption="Left: the best fine-tuned test accuracy (over the scan's FLRs, mean over seeds) of every PLR "
+                "`lrscan scan` trained, each dot coloured by the round that added it, and the PT accuracy (grey, "
+                "dashed); shading: each PLR's most common regime; grey bands: the brackets of the convergence "
+                "threshold (1|2) and of the 2A|2B boundary, with their estimates dashed; green: the recommended PLR. "
+                "Right: each estimate after each round, with its uncertainty (the bracket's half-width).")
+def scan(tree: xr.DataTree) -> hv.Layout:
+    """The scan's trained PLRs by round, its brackets and estimates; and the estimates' history.
+
+    Reads ``score``, ``round``, ``pt_test_acc_mean`` and ``regime_mode`` (plr), the estimates and
+    brackets (quantity) and their history (after_round, quantity) of ``/analysis/scan``
+    (:mod:`lrscan.scan`).
+
+    Returns
+    -------
+    hv.Layout
+        Accuracy (%) over ``plr`` with a Scatter coloured by ``round``; estimates over rounds
+        with ErrorBars.
+    """
+    result = _analysis(tree, "scan", ["score", "round", "pt_test_acc_mean", "regime_mode", "estimate_log10",
+                                      "bracket_low_log10", "bracket_high_log10", "history_log10",
+                                      "history_uncertainty_log10"])
+    plr, score = result.plr.values, percent(result.score)
+    pt = percent(result.pt_test_acc_mean.mean("seed"))
+    marks = []
+    for label, start, stop in _spans(result):
+        color = REGIME_COLORS.get(label, "gray")
+        marks.append(style(hv.VSpan(start, stop), {"alpha": 0.13}, {"color": color, "line_alpha": 0},
+                           {"facecolor": color, "edgecolor": "none"}))
+    for q in result.quantity.values:
+        value, lo, hi = (float(result[v].sel(quantity=q)) for v in ("estimate_log10", "bracket_low_log10",
+                                                                    "bracket_high_log10"))
+        if not np.isfinite(value):
+            continue
+        if q != "recommended":
+            marks.append(style(hv.VSpan(10**lo, 10**hi), {"alpha": 0.25}, {"color": "#888888", "line_alpha": 0},
+                               {"facecolor": "#888888", "edgecolor": "none"}))
+        marks.append(style(hv.VLine(10**value), {"color": SCAN_COLORS[str(q)]},
+                           {"line_dash": "solid" if q == "recommended" else "dashed", "line_width": 2},
+                           {"linestyle": "-" if q == "recommended" else "--", "linewidth": 1.8}))
+    line = style(hv.Curve((plr, score), PLR, TEST_ACC, label="FT, best FLR"), {"color": "#555555"},
+                 {"line_width": 1.5}, {"linewidth": 1.2})
+    reference = curve(plr, pt, PLR, TEST_ACC, "PT", "#888888", dashed=True)
+    rounds = style(hv.Scatter((plr, score, result["round"].values), PLR, [TEST_ACC, SCAN_ROUND], label="by round"),
+                   {"color": SCAN_ROUND.name, "cmap": "viridis", "colorbar": True}, {"size": 9}, {"s": 40})
+    accuracy = vs_plr(tree, [*marks, reference, line, rounds], np.concatenate([score, pt]),
+                      title="Fine-tuned accuracy of the PLRs trained", ylabel=TEST_ACC)
+    after = result.after_round.values
+    lines = []
+    for k, q in enumerate(result.quantity.values):
+        y = result.history_log10.sel(quantity=q).values
+        err = result.history_uncertainty_log10.sel(quantity=q).values
+        if not np.isfinite(y).any():  # never found: nothing to draw
+            continue
+        x = after + 0.08 * (k - 1)  # side by side, so that equal estimates stay apart
+        lines += [curve(x, y, SCAN_ROUND, SCAN_LOG_PLR, str(q), SCAN_COLORS[str(q)]),
+                  style(hv.ErrorBars((x, y, err), SCAN_ROUND, [SCAN_LOG_PLR, "uncertainty"]), {},
+                        {"color": SCAN_COLORS[str(q)]}, {"edgecolor": SCAN_COLORS[str(q)]})]
+    history = framed(hv.Overlay(lines), title="Estimates after each round", xlabel="round",
+                     ylabel=SCAN_LOG_PLR.pprint_label, xlim=(-0.5, after.size - 0.5))
+    return _layout([accuracy, history], "Scan: fine-tuned accuracy vs PLR, round by round")
+
+
 # --- writing --------------------------------------------------------------------------------
 
 
@@ -622,8 +906,22 @@ def summary(tree: xr.DataTree) -> str:
              f"{len(sweep['flr'])} FLRs, {n_seeds} seeds."]
     if "metrics" in stored_analyses(tree):
         parts += _accuracy_summary(tree)
+    if "threshold" in stored_analyses(tree):
+        parts.append(_threshold_summary(tree))
     parts.append(_regime_summary(tree))
     return " ".join(parts)
+
+
+def _threshold_summary(tree: xr.DataTree) -> str:
+    result = _analysis(tree, "threshold", ["threshold", "log10_halfwidth", "bracket_low", "bracket_high"])
+    attrs = tree["analysis/threshold"].attrs
+    trained = f"{tree['analysis/threshold'].sizes['plr']} PLRs trained ({attrs.get('model_steps', 0):,} model-steps)"
+    if not np.isfinite(result.threshold):
+        where = "below" if attrs.get("status") == "below" else "above"
+        return f"Threshold search: {trained}; the threshold lies {where} the grid."
+    return (f"Threshold search: convergence threshold at PLR {float(result.threshold):.3g} (log10 ± "
+            f"{float(result.log10_halfwidth):.2g}; bracket {float(result.bracket_low):.3g} to "
+            f"{float(result.bracket_high):.3g}), {trained}.")
 
 
 def _accuracy_summary(tree: xr.DataTree) -> list[str]:

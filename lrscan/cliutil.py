@@ -1,0 +1,74 @@
+"""What every ``lrscan`` command shares: one-line user errors and the default store path.
+
+Kept apart from :mod:`lrscan.cli` so that command modules elsewhere (``lrscan.plot.commands``)
+can use it without importing the command group they are added to.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import click
+
+from lrscan.errors import LrscanError
+
+DEFAULT_STORE_DIR = Path("store")
+
+
+class UserError(click.ClickException):
+    """A one-line error on stderr with exit status 2."""
+
+    exit_code = 2
+
+
+def user_errors(func):
+    """Turn library errors a user can fix into one line and exit status 2, never a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except LrscanError as err:
+            raise UserError(str(err)) from None
+
+    return wrapper
+
+
+def default_store(preset: str | None, config: str | None) -> Path:
+    from lrscan.spec import DEFAULT_PRESET
+
+    name = Path(config).stem if config else (preset or DEFAULT_PRESET)
+    return DEFAULT_STORE_DIR / f"{name}.zarr"
+
+
+def spec_options(store_suffix: str = ""):
+    """The options that choose a sweep spec and its store: ``--preset``, ``--config``,
+    ``--store``, ``--set`` (shared by ``train``, ``threshold`` and ``scan``)."""
+    options = [
+        click.option("--preset", metavar="NAME", help="A shipped preset (default: synthetic); see `lrscan presets`."),
+        click.option("--config", metavar="FILE", help="A TOML sweep spec with a [sweep] table."),
+        click.option("--store", metavar="PATH",
+                     help=f"Store directory (default: store/<preset or config name>{store_suffix}.zarr)."),
+        click.option("--set", "overrides", metavar="FIELD=VALUE", multiple=True,
+                     help="Override a spec field, e.g. --set seeds=3 --set data.n_train=256. Repeatable."),
+    ]
+    return _stacked(options)
+
+
+def cluster_options(func):
+    """``--workers N`` / ``--scheduler ADDRESS``: where batches of runs execute."""
+    return _stacked([
+        click.option("--workers", type=click.IntRange(min=1), metavar="N",
+                     help="Run batches on a local dask cluster of N worker processes (one per GPU on a GPU machine)."),
+        click.option("--scheduler", metavar="ADDRESS",
+                     help="Run batches on an existing dask cluster, e.g. tcp://host:8786."),
+    ])(func)
+
+
+def _stacked(options):
+    def decorate(func):
+        for option in reversed(options):
+            func = option(func)
+        return func
+    return decorate
