@@ -1,4 +1,5 @@
 import hashlib
+import re
 from pathlib import Path
 
 import pytest
@@ -60,3 +61,13 @@ def trained_small(tmp_path_factory):
     path = tmp_path_factory.mktemp("stores") / "small.zarr"
     train(load_spec(overrides=SMALL), path)
     return path
+
+
+def assert_one_line_error(result, pattern):
+    """A CLI result failed as a user error should: exit status 2, one line on stderr matching
+    ``pattern``, no traceback."""
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.output
+    assert re.search(pattern, lines[0]), lines[0]

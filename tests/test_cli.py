@@ -7,6 +7,7 @@ from click.testing import CliRunner
 import lrscan
 from lrscan.cli import main
 from lrscan.train.sweep import Progress
+from tests.conftest import assert_one_line_error
 
 
 @pytest.fixture
@@ -21,14 +22,6 @@ def run():
 
 def sets(overrides):
     return [a for o in overrides for a in ("--set", o)]
-
-
-def assert_one_line_error(result, pattern):
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.output
-    assert re.search(pattern, lines[0]), lines[0]
 
 
 def test_train_then_info_then_rerun_does_nothing(run, small_overrides, tmp_path, digest):

@@ -21,6 +21,7 @@ from lrscan.errors import LrscanError
 from lrscan.importer import Checkpoint, Pattern, import_checkpoints, infer_spec, read_checkpoint
 from lrscan.store import read_spec, verify
 from lrscan.train.sweep import Progress, Setup
+from tests.conftest import assert_one_line_error
 
 PATTERN = "runs/plr={plr}/seed={seed}[/ft={flr}]/checkpoint-{epoch}.pt"
 UNMATCHED = ["runs/notes.txt", "runs/plr=0.1/seed=0/optimizer-4.pt"]
@@ -158,14 +159,6 @@ def cli_import(source, store, *extra):
     sets = [a for o in OPTIONS for a in ("--set", o)]
     pattern = [] if "--pattern" in extra else ["--pattern", PATTERN]
     return run_cli("import", source, "--store", store, "--model", "mlp", *pattern, *sets, *extra)
-
-
-def assert_one_line_error(result, pattern):
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.output
-    assert re.search(pattern, lines[0]), lines[0]
 
 
 def test_interrupted_or_failed_imports_resume_into_the_same_store(trained_small, folder, tmp_path, digest):
