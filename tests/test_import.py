@@ -1,6 +1,5 @@
 """lrscan import: folders of PyTorch checkpoints into stores that analyse like trained ones."""
 
-import re
 import shutil
 from fractions import Fraction
 
