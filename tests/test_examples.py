@@ -13,7 +13,10 @@ EXPECTED = {
                          "angle FT-low ~ FT-high", "test barrier FT-low ~ FT-high in 2A", "effective feature count",
                          "SWA test accuracy per K", "mean SI gradient norm", "max/min channel norm ratio"],
     "plot_store.py": ["PT accuracy figure", "geometry panels", "summary:"],
+    "frequency_bands.py": ["test accuracy per band", "band relied on most", "mid-band accuracy vs low/mid boundary"],
 }
+# Examples that make their own (image) store: they get a path to train into.
+OWN_STORE = {"frequency_bands.py"}
 
 
 def test_every_example_has_expectations():
@@ -21,11 +24,14 @@ def test_every_example_has_expectations():
 
 
 @pytest.mark.parametrize("script", EXAMPLES, ids=lambda p: p.name)
-def test_example_runs(script, trained_small, monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", [str(script), str(trained_small)])
+def test_example_runs(script, trained_small, tmp_path, monkeypatch, capsys):
+    store = tmp_path / "own.zarr" if script.name in OWN_STORE else trained_small
+    monkeypatch.setattr(sys, "argv", [str(script), str(store)])
     runpy.run_path(str(script), run_name="__main__")
     out = capsys.readouterr().out
     for line in EXPECTED[script.name]:
         assert line in out, f"{script.name} did not print {line!r}"
     if script.name == "analyze_store.py":
         assert "nan" not in out.split("regime per PLR")[0]  # the accuracy summary is a real number
+    if script.name == "frequency_bands.py":
+        assert "'mid'" in out.split("band relied on most")[1]  # the planted band
