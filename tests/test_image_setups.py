@@ -112,24 +112,27 @@ def test_practical_models_step_like_torch_optimisers(model, optimiser):
                     "model": model_options, "data": {"size": 8, "n_train": 64, "n_test": 16}})
     setup = Setup.build(spec)
     start = setup.init_weights(0, 0)
-    engine = setup.engine(start[None])
-    module = copy.deepcopy(setup.module)
-    layers = setup.layers
-    module.load_state_dict({l.name: start[l.start:l.stop].reshape(l.shape) for l in layers}, strict=False)
-    opts = spec.model_options
-    lr = 0.01
-    reference = (torch.optim.SGD(module.parameters(), lr=lr, momentum=opts["momentum"], weight_decay=opts["weight_decay"])
-                 if optimiser == "sgd" else
-                 torch.optim.Adam(module.parameters(), lr=lr, weight_decay=opts["weight_decay"]))
-    data = setup.data[0]
-    module.train()
+    rates = (0.01, 0.003)  # two runs side by side, each against its own torch optimiser
+    engine = setup.engine(torch.stack([start, start]))
+    layers, opts, data = setup.layers, spec.model_options, setup.data[0]
+    modules, references = [], []
+    for lr in rates:
+        module = copy.deepcopy(setup.module)
+        module.load_state_dict({l.name: start[l.start:l.stop].reshape(l.shape) for l in layers}, strict=False)
+        module.train()
+        modules.append(module)
+        references.append(
+            torch.optim.SGD(module.parameters(), lr=lr, momentum=opts["momentum"], weight_decay=opts["weight_decay"])
+            if optimiser == "sgd" else torch.optim.Adam(module.parameters(), lr=lr, weight_decay=opts["weight_decay"]))
     for step in range(4):
         x, y = data.x_train[step * 8:(step + 1) * 8], data.y_train[step * 8:(step + 1) * 8]
-        engine.step(x[None], y[None], torch.tensor([lr]))
-        reference.zero_grad()
-        torch.nn.functional.cross_entropy(module(x), y).backward()
-        reference.step()
-    torch.testing.assert_close(engine.flat()[0], flat_state(module, layers), rtol=1e-4, atol=1e-5)
+        engine.step(torch.stack([x, x]), torch.stack([y, y]), torch.tensor(rates))
+        for module, reference in zip(modules, references):
+            reference.zero_grad()
+            torch.nn.functional.cross_entropy(module(x), y).backward()
+            reference.step()
+    for i, module in enumerate(modules):
+        torch.testing.assert_close(engine.flat()[i], flat_state(module, layers), rtol=1e-4, atol=1e-5)
 
 
 def test_a_bn_stage_resumed_from_a_snapshot_is_identical():

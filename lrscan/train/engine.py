@@ -161,7 +161,7 @@ def _adam(weight_decay: float, betas: tuple[float, float], eps: float = 1e-8) ->
             g = grads[n] + weight_decay * p if weight_decay else grads[n]
             m = new_state[f"{n}/exp_avg"] = b1 * state[f"{n}/exp_avg"] + (1 - b1) * g
             v = new_state[f"{n}/exp_avg_sq"] = b2 * state[f"{n}/exp_avg_sq"] + (1 - b2) * g * g
-            new_params[n] = p - _expand(lr / c1, p) * m / (v.sqrt() / c2 + eps)
+            new_params[n] = p - _expand(lr / c1, p) * m / (v.sqrt() / _expand(c2, p) + eps)
         return new_params, new_state
     return update
 
