@@ -1,5 +1,6 @@
 """Tests for the image datasets: CIFAR from disk, augmentation, planted frequencies."""
 
+import os
 import pickle
 import urllib.error
 
@@ -281,3 +282,11 @@ def test_planted_spec_crosses_data_seeds():
 def test_bad_planted_options(option, value, message):
     with pytest.raises(LrscanError, match=message):
         resolve({"sweep": {"dataset": "planted"}, "data": {option: value}})
+
+
+def test_a_batch_that_would_run_code_is_refused(cifar10_dir):
+    root, _, _ = cifar10_dir
+    with open(root / "cifar-10-batches-py" / "data_batch_2", "wb") as f:
+        pickle.dump({"data": os.system, "labels": []}, f)  # unpickling this would import os.system
+    with pytest.raises(LrscanError, match=r"data_batch_2.*does not hold (os|posix)\.system"):
+        load("cifar10", data_dir=str(root), download=False)

@@ -91,13 +91,26 @@ def _download(layout: Layout, root: Path) -> str | None:
     return None
 
 
+class _BatchUnpickler(pickle.Unpickler):
+    """Unpickles CIFAR batches (dicts of numpy arrays, lists and strings) and nothing else: a
+    file that asks for any other class or function is refused rather than run."""
+
+    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
+               ("numpy._core.multiarray", "_reconstruct"), ("_codecs", "encode")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"a CIFAR batch does not hold {module}.{name}")
+        return super().find_class(module, name)
+
+
 def _read_batches(folder: Path, names: tuple[str, ...], label_key: str) -> tuple[np.ndarray, np.ndarray]:
     images, labels = [], []
     for name in names:
         path = folder / name
         try:
             with open(path, "rb") as f:
-                batch = pickle.load(f, encoding="latin1")
+                batch = _BatchUnpickler(f, encoding="latin1").load()
             images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, *IMAGE_SHAPE))
             labels.append(np.asarray(batch[label_key], dtype=np.int64))
         except (OSError, pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as err:
