@@ -34,7 +34,7 @@ import lrscan
 from lrscan.errors import LrscanError
 from lrscan.registry import closest
 from lrscan.spec import Spec, number, parse_override, resolve
-from lrscan.store import canonical_nan, create_or_check
+from lrscan.store import canonical_nan, create_or_check, run_checksum
 from lrscan.train.engine import Layer, layout, si_norm
 from lrscan.train.loop import METRICS
 from lrscan.train.sweep import Progress, Setup, Sweep
@@ -703,12 +703,10 @@ def _write_run(root: zarr.Group, stage_name: str, stage, index: tuple[int, ...],
             diverged = step / steps_per_epoch
         tick(stage_name)
     write_until(-(-n_rows // per_chunk))
-    for name in sorted(values):
-        values[name][np.isnan(values[name])] = np.nan  # one NaN bit pattern, as for the weights
-        metrics[name][index] = values[name]
-        crc = zlib.crc32(values[name].tobytes(), crc)
+    values = {name: canonical_nan(v) for name, v in values.items()}  # one NaN bit pattern, as for the weights
+    for name, v in values.items():
+        metrics[name][index] = v
     metrics["diverged_epoch"][index] = diverged
-    crc = zlib.crc32(np.float64(diverged).tobytes(), crc)
     # As StoreWriter does: the checksum after the data, the done flag last.
-    metrics["checksum"][index] = crc
+    metrics["checksum"][index] = run_checksum(crc, values, diverged)
     metrics["done"][index] = 1

@@ -248,13 +248,21 @@ class RunData:
         self.metrics = {name: canonical_nan(values) for name, values in self.metrics.items()}
 
     def checksum(self, with_divergence: bool = True) -> int:
-        """CRC-32 of the run's values as stored (float32 metrics and weights, float64 divergence)."""
-        crc = zlib.crc32(np.ascontiguousarray(self.weights, dtype=np.float32).tobytes())
-        for name in sorted(self.metrics):
-            crc = zlib.crc32(np.ascontiguousarray(self.metrics[name], dtype=np.float32).tobytes(), crc)
-        if with_divergence:
-            crc = zlib.crc32(np.float64(self.diverged_epoch).tobytes(), crc)
-        return crc
+        """CRC-32 of the run's values as stored (see :func:`run_checksum`)."""
+        weights = zlib.crc32(np.ascontiguousarray(self.weights, dtype=np.float32).tobytes())
+        return run_checksum(weights, self.metrics, self.diverged_epoch if with_divergence else None)
+
+
+def run_checksum(weights_crc: int, metrics: Mapping[str, np.ndarray], diverged_epoch: float | None) -> int:
+    """The checksum of one run as stored: the CRC-32 of its float32 weights in row order
+    (``weights_crc``, which a writer may chain block by block), continued over its float32
+    metrics in name order and, where the stage records one, its float64 ``diverged_epoch``."""
+    crc = weights_crc
+    for name in sorted(metrics):
+        crc = zlib.crc32(np.ascontiguousarray(metrics[name], dtype=np.float32).tobytes(), crc)
+    if diverged_epoch is not None:
+        crc = zlib.crc32(np.float64(diverged_epoch).tobytes(), crc)
+    return crc
 
 
 def canonical_nan(values: np.ndarray) -> np.ndarray:
