@@ -17,6 +17,7 @@ import xarray as xr
 from lrscan.analyze import analyzer
 from lrscan.analyze.evaluate import Evaluator
 from lrscan.analyze.solutions import label, require_complete, resolve, solution_weights
+from lrscan.data import to_pixels
 from lrscan.data.frequency import BAND_NAMES, LOW_MID, band_edges, band_filter, band_inputs
 from lrscan.errors import LrscanError
 
@@ -97,14 +98,10 @@ def frequency(tree: xr.DataTree, low_mid_sweep: Sequence[int] = SWEEP, swa_k: in
         out["sweep_acc"] = xr.DataArray(np.stack(low_mid, -2), dims=(*runs.dims, "low_mid", "sweep_band"),
                                         coords={"low_mid": list(low_mid_sweep),
                                                 "sweep_band": np.array(["low", "mid"], dtype=object)})
-    pixels = first.x_test[:n_examples] * _channel(first.normalization[1]) + _channel(first.normalization[0])
+    pixels = to_pixels(first.x_test[:n_examples], first.normalization)
     out["images"] = xr.DataArray(pixels.clamp(0, 1).numpy(), dims=("example", "channel", "row", "col"))
     out["band_images"] = xr.DataArray(band_filter(pixels, edges).clamp(0, 1).transpose(0, 1).numpy(),
                                       dims=("example", "band", "channel", "row", "col"))
     out.attrs = {"edges": list(edges), "low_mid": LOW_MID, "chance": 1 / first.n_classes,
                  "description": "accuracy of solutions on band-limited test sets (L1 radius of the centred DFT)"}
     return out
-
-
-def _channel(values) -> torch.Tensor:
-    return torch.tensor(values, dtype=torch.float32)[:, None, None]

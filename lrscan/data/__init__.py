@@ -45,6 +45,23 @@ class Data:
         return tuple(self.x_train.shape[1:])
 
 
+Normalization = tuple[tuple[float, ...], tuple[float, ...]]
+
+
+def _per_channel(values: tuple[float, ...], like: Tensor) -> Tensor:
+    return torch.tensor(values, dtype=like.dtype, device=like.device)[:, None, None]
+
+
+def to_pixels(x: Tensor, normalization: Normalization) -> Tensor:
+    """Pixel values of normalised images x (..., C, H, W): ``x * std + mean`` per channel."""
+    return x * _per_channel(normalization[1], x) + _per_channel(normalization[0], x)
+
+
+def from_pixels(pixels: Tensor, normalization: Normalization) -> Tensor:
+    """Model inputs of pixel images (..., C, H, W): ``(pixels - mean) / std`` per channel."""
+    return (pixels - _per_channel(normalization[0], pixels)) / _per_channel(normalization[1], pixels)
+
+
 @dataclass(frozen=True)
 class DatasetEntry:
     """How lrscan loads one dataset.

@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from lrscan.data import from_pixels, to_pixels
 from lrscan.errors import LrscanError
 
 __all__ = ["BAND_NAMES", "REFERENCE_SIZE", "band_edges", "band_masks", "band_filter", "band_inputs"]
@@ -156,5 +157,4 @@ def band_inputs(
     Tensor
         (n_bands, N, C, H, W): each band's pixel image, normalised like ``x``.
     """
-    mean, std = (torch.tensor(v, dtype=x.dtype, device=x.device)[:, None, None] for v in normalization)
-    return (band_filter(x * std + mean, edges) - mean) / std
+    return from_pixels(band_filter(to_pixels(x, normalization), edges), normalization)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lrscan.data import Data, DatasetEntry
+from lrscan.data import Data, DatasetEntry, from_pixels, to_pixels
 from lrscan.errors import LrscanError
 from lrscan.spec import integer, string
 
@@ -205,10 +205,6 @@ def _entry(layout: Layout) -> DatasetEntry:
     )
 
 
-def _channel(values: tuple[float, ...], like: Tensor) -> Tensor:
-    return torch.tensor(values, dtype=like.dtype, device=like.device)[:, None, None]
-
-
 def _draw(high: int, n: int, generator: torch.Generator, device: torch.device) -> Tensor:
     return torch.randint(0, high, (n,), generator=generator, device=generator.device).to(device)
 
@@ -276,14 +272,13 @@ def rand_augment(x: Tensor, generator: torch.Generator, normalization: tuple[tup
     Tensor
         (B, 3, H, W), normalised, on the device of ``x``.
     """
-    mean, std = _channel(normalization[0], x), _channel(normalization[1], x)
-    pixels = ((x * std + mean).clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+    pixels = (to_pixels(x, normalization).clamp(0, 1) * 255).round().to(torch.uint8).cpu()
     seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
     transform = _rand_augment()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         out = torch.stack([transform(image) for image in pixels])
-    return (out.to(x.device, x.dtype) / 255 - mean) / std
+    return from_pixels(out.to(x.device, x.dtype) / 255, normalization)
 
 
 def make_augment(
@@ -303,7 +298,7 @@ def make_augment(
         return None
 
     def black(x: Tensor) -> Tensor:
-        return -_channel(normalization[0], x) / _channel(normalization[1], x)
+        return from_pixels(torch.zeros_like(x[0, :, :1, :1]), normalization)  # (C, 1, 1)
 
     if kind == "crop-flip":
         return lambda x, generator: crop_flip(x, generator, black(x))
