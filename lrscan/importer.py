@@ -35,7 +35,7 @@ from lrscan.errors import LrscanError
 from lrscan.registry import closest
 from lrscan.spec import Spec, number, parse_override, resolve
 from lrscan.store import canonical_nan, create_or_check, run_checksum
-from lrscan.train.engine import Layer, layout, si_norm
+from lrscan.train.engine import Layer, si_norm
 from lrscan.train.loop import METRICS
 from lrscan.train.sweep import Progress, Setup, Sweep
 
@@ -562,7 +562,7 @@ def import_checkpoints(
             raise
         raise LrscanError(f"{err}; the checkpoints' epochs must be whole numbers of steps: set batch_size and "
                           "data.n_train to those they were trained with") from None
-    layers = layout(setup.entry, setup.module)
+    layers = setup.layers
     runs = _assign(found, setup, ft_epoch_origin)
     first = min(runs["pretrain"].items())[1][0][1]
     read_checkpoint(first.path, layers, fs=found.fs, accuracy=accuracy, name=first.name)  # a wrong model fails here

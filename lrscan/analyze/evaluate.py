@@ -14,7 +14,7 @@ import torch
 import xarray as xr
 
 from lrscan.spec import Spec
-from lrscan.train.engine import layout, project
+from lrscan.train.engine import project
 from lrscan.train.loop import EVAL_CHUNK
 from lrscan.train.sweep import Setup
 
@@ -30,7 +30,7 @@ class Evaluator:
 
     def __init__(self, spec: Spec):
         self.setup = Setup.build(spec)
-        self.layers = layout(self.setup.entry, self.setup.module)
+        self.layers = self.setup.layers
         self.radius = spec.radius
         self.group = "si" if self.setup.entry.update == "sphere" else "trainable"
         self.data_seeds = list(spec.data_seeds)

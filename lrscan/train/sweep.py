@@ -7,6 +7,7 @@ store does no work and on a partial one finishes it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import os
 import time
@@ -72,8 +73,9 @@ class Setup:
                                       self.data[data_seed].n_classes)
         return project(flat_state(module, self.layers)[None], self.layers, self.spec.radius)[0]
 
-    @property
-    def layers(self):
+    @functools.cached_property
+    def layers(self) -> tuple:
+        """The flat-vector layout of the model (:func:`lrscan.train.engine.layout`)."""
         return layout(self.entry, self.module)
 
     def engine(self, flat: torch.Tensor, *, batched: bool | None = None, compile: bool = False) -> Engine:
@@ -125,7 +127,7 @@ class Sweep:
         self.setup = setup = Setup.build(spec)
         self.plan = plan = setup.plan
         self.store = store
-        create_or_check(store, plan, layout(setup.entry, setup.module))
+        create_or_check(store, plan, setup.layers)
         self.writer = StoreWriter(store)
         self.batched = setup.entry.forward_batched is not None if batched is None else batched
         # Checkpoints each run buffers until its batch is written.
