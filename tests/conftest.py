@@ -56,11 +56,7 @@ def digest():
 @pytest.fixture(scope="session")
 def trained_small(tmp_path_factory):
     """A finished small store, shared by tests that only read it."""
-    from lrscan.train.sweep import train
-
-    path = tmp_path_factory.mktemp("stores") / "small.zarr"
-    train(load_spec(overrides=SMALL), path)
-    return path
+    return train_store(tmp_path_factory, SMALL)
 
 
 def assert_one_line_error(result, pattern):
@@ -71,3 +67,13 @@ def assert_one_line_error(result, pattern):
     assert len(lines) == 1, result.stderr
     assert "Traceback" not in result.output
     assert re.search(pattern, lines[0]), lines[0]
+
+
+def train_store(tmp_path_factory, overrides, preset=None):
+    """Train the sweep of ``preset`` (default: the default preset) with ``overrides`` into a
+    fresh store under pytest's temporary directory; returns its path."""
+    from lrscan.train.sweep import train
+
+    path = tmp_path_factory.mktemp("stores") / "store.zarr"
+    train(load_spec(preset, overrides=overrides), path)
+    return path

@@ -16,14 +16,13 @@ from lrscan.cli import main
 from lrscan.errors import LrscanError
 from lrscan.spec import load_spec
 from lrscan.train.sweep import train
-from tests.conftest import SMALL
+from tests.conftest import SMALL, train_store
 
 
 @pytest.fixture(scope="module")
 def analyzed(tmp_path_factory):
     """A small finished store with every analysis persisted."""
-    path = tmp_path_factory.mktemp("analyzed") / "a.zarr"
-    train(load_spec(overrides=SMALL), path)
+    path = train_store(tmp_path_factory, SMALL)
     analyze(path)
     return path
 

@@ -17,8 +17,9 @@ from lrscan.testing import assert_on_sphere
 from lrscan.train.engine import flat_state, layout
 from lrscan.train.loop import DeviceData, Snapshot, run_stage
 from lrscan.train.plan import Stage
-from lrscan.train.sweep import Setup, train
+from lrscan.train.sweep import Setup
 from tests.test_images import cifar10_dir  # noqa: F401  (fixture)
+from tests.conftest import train_store
 
 # A narrow SI ConvNet on 8x8 planted-frequency images: a whole sweep in seconds.
 TINY = [
@@ -31,9 +32,7 @@ TINY = [
 
 @pytest.fixture(scope="module")
 def planted_store(tmp_path_factory):
-    path = tmp_path_factory.mktemp("images") / "planted.zarr"
-    train(load_spec("planted-convnet", overrides=TINY), path)
-    return path
+    return train_store(tmp_path_factory, TINY, "planted-convnet")
 
 
 def test_tiny_sweep_recovers_the_planted_band(planted_store):

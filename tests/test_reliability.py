@@ -18,7 +18,7 @@ from lrscan.spec import load_spec
 from lrscan.store import Claim, beside, verify
 from lrscan.testing import assert_stores_identical
 from lrscan.train.sweep import train
-from tests.conftest import SMALL
+from tests.conftest import SMALL, train_store
 
 # Small batches, so that a sweep has several units of work to share or to lose.
 SPLIT = SMALL + ["runs_per_batch=3"]
@@ -27,9 +27,7 @@ SPLIT = SMALL + ["runs_per_batch=3"]
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """The store an uninterrupted single process makes from SPLIT."""
-    path = tmp_path_factory.mktemp("ref") / "ref.zarr"
-    train(load_spec(overrides=SPLIT), path)
-    return path
+    return train_store(tmp_path_factory, SPLIT)
 
 
 def sets(overrides):

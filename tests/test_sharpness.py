@@ -6,16 +6,13 @@ import torch
 
 import lrscan
 from lrscan.analyze.sharpness import sharpness
-from lrscan.spec import load_spec
-from lrscan.train.sweep import Setup, train
-from tests.conftest import SMALL
+from lrscan.train.sweep import Setup
+from tests.conftest import SMALL, train_store
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny") / "tiny.zarr"
-    train(load_spec(overrides=SMALL + ["model.width=4", "plr=[0.01]", "flr=[0.001]", "seeds=1", "swa=[2]"]), path)
-    return path
+    return train_store(tmp_path_factory, SMALL + ["model.width=4", "plr=[0.01]", "flr=[0.001]", "seeds=1", "swa=[2]"])
 
 
 def exact_hessian(tree, solution):

@@ -19,7 +19,7 @@ from lrscan.testing import assert_stores_identical
 from lrscan.train.loop import run_stage
 from lrscan.train.plan import Plan, Stage
 from lrscan.train.sweep import Setup, train
-from tests.conftest import SMALL
+from tests.conftest import SMALL, train_store
 
 # The small sweep (4 steps per epoch, 4 epochs of pre-training): PLR until epoch 2.5 (step
 # 10), then ELR 0.01 for every run, then fine-tuning from epoch 4.
@@ -29,9 +29,7 @@ TWO_STAGE = SMALL + [SWITCH]
 
 @pytest.fixture(scope="module")
 def two_stage(tmp_path_factory):
-    path = tmp_path_factory.mktemp("two") / "two.zarr"
-    train(load_spec(overrides=TWO_STAGE), path)
-    return path
+    return train_store(tmp_path_factory, TWO_STAGE)
 
 
 def test_the_switch_is_a_checked_table(small_spec):
