@@ -27,16 +27,15 @@ from typing import Callable, Sequence
 
 import numpy as np
 import xarray as xr
-import zarr
 
 from lrscan.data import DATASETS
+from lrscan.analyze.run import persist
 from lrscan.errors import LrscanError
 from lrscan.spec import Spec, load_tables, resolve
 
 # The study's operational convergence: train loss below this within the budget.
 CONVERGENCE_LOSS = 1e-2
 PER_DECADE = 16
-GROUP = "analysis/threshold"
 # What a threshold study's spec says whatever its preset says: pre-training only, and of its
 # weights only the initial and final ones.
 PRETRAIN_ONLY = {"finetune_epochs": 0.0, "finetune_from": None, "swa": [], "checkpoint_epochs": []}
@@ -307,8 +306,6 @@ def _result(tree: xr.DataTree, grid: np.ndarray, picks: Sequence[int], loss: flo
 def _persist(result: xr.Dataset, store: str | os.PathLike) -> None:
     """Write the result under /analysis/threshold, its fingerprint last (as `lrscan analyze` does):
     a result without one was cut short and is not drawn."""
-    result.to_zarr(str(store), group=GROUP, mode="w", consolidated=False, zarr_format=3)
     key = json.dumps({"attrs": result.attrs, "plr": result.plr.values.tolist(),
                       "threshold": float(result.threshold)}, sort_keys=True, default=str)
-    zarr.open_group(str(store), path=GROUP, mode="r+").attrs["lrscan_fingerprint"] = hashlib.sha256(
-        key.encode()).hexdigest()
+    persist(store, "threshold", result, hashlib.sha256(key.encode()).hexdigest())

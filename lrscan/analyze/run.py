@@ -103,15 +103,23 @@ def analyze(
         else:
             result = ANALYZERS[name](tree)
             result.attrs = {**result.attrs, "lrscan_analyzer": name}
-            group = f"analysis/{name}"
-            _uniform_chunks(result).to_zarr(str(store), group=group, mode="w", consolidated=False, zarr_format=3)
-            # The fingerprint goes last: a result cut short by a crash has none and is redone.
-            zarr.open_group(str(store), path=group, mode="r+").attrs["lrscan_fingerprint"] = key
+            persist(store, name, result, key)
             tree = open_store(store)  # later analyzers may read this result
             status[name] = "computed"
         if progress is not None:
             progress(name, status[name], time.perf_counter() - start)
     return status
+
+
+def persist(store: str | os.PathLike, name: str, result: xr.Dataset, key: str) -> None:
+    """Write ``result`` under ``/analysis/<name>``, then its fingerprint ``key``.
+
+    The fingerprint goes last: a result cut short by a crash has none, so it is redone (and
+    not drawn).
+    """
+    group = f"analysis/{name}"
+    _uniform_chunks(result).to_zarr(str(store), group=group, mode="w", consolidated=False, zarr_format=3)
+    zarr.open_group(str(store), path=group, mode="r+").attrs["lrscan_fingerprint"] = key
 
 
 def _uniform_chunks(result: xr.Dataset) -> xr.Dataset:

@@ -31,6 +31,7 @@ import zarr
 from lrscan.analyze.geometry import barriers
 from lrscan.analyze.metrics import metrics
 from lrscan.analyze.regimes import regimes
+from lrscan.analyze.run import persist
 from lrscan.errors import LrscanError
 from lrscan.scan.search import QUANTITIES, Estimate, Observation, Search, Trace, drive
 from lrscan.spec import Spec
@@ -40,7 +41,6 @@ from lrscan.train.sweep import Progress, Setup, train
 # Default density of the scan's PLR grid, and the FLRs it fine-tunes with.
 PER_DECADE = 16
 N_FLRS = 3
-GROUP = "analysis/scan"
 
 
 def fine_grid(plr: Sequence[float], per_decade: float) -> tuple[float, ...]:
@@ -340,11 +340,9 @@ def estimates(result: xr.Dataset) -> dict[str, Estimate]:
 
 def write(store: str | os.PathLike, result: xr.Dataset) -> None:
     """Persist a scan result under ``/analysis/scan``; its fingerprint, written last, marks it complete."""
-    result.to_zarr(str(store), group=GROUP, mode="w", consolidated=False, zarr_format=3)
     key = json.dumps({"attrs": result.attrs, "plr": result.plr.values.tolist() if "plr" in result.coords else []},
                      sort_keys=True, default=str)
-    zarr.open_group(str(store), path=GROUP, mode="r+").attrs["lrscan_fingerprint"] = hashlib.sha256(
-        key.encode()).hexdigest()
+    persist(store, "scan", result, hashlib.sha256(key.encode()).hexdigest())
 
 
 def _positive(name: str, value: float) -> None:
