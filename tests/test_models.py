@@ -14,7 +14,7 @@ from torch.testing import assert_close
 
 from lrscan.errors import LrscanError
 from lrscan.models import MODELS
-from lrscan.models.vit import FeedForward, LocalitySelfAttention, diagonal_shifts
+from lrscan.models.vit import FeedForward, LocalitySelfAttention, shifted
 
 SI_MODELS = ["resnet18si", "convnetsi"]
 PRACTICAL = ["resnet18", "vit", "vitsi"]
@@ -181,10 +181,11 @@ def test_practical_models_learn_a_small_batch(name):
     assert loss() < 0.5 * before
 
 
-def test_resnet18_has_affine_bn_and_a_trainable_head_with_bias():
+def test_resnet18_has_affine_bn_and_a_trainable_bias_free_head():
+    # As the study's resnet_si_af module, which its practical ResNet checkpoints load into.
     _, _, module = make("resnet18")
     assert all(m.affine for m in module.modules() if isinstance(m, nn.BatchNorm2d))
-    assert module.head.bias is not None and module.head.weight.requires_grad
+    assert module.head.bias is None and module.head.weight.requires_grad
 
 
 @pytest.mark.parametrize(("name", "invariant"), [("vit", False), ("vitsi", True)])
@@ -193,7 +194,7 @@ def test_si_vit_ignores_the_scale_of_each_feed_forward_linear(name, invariant):
     module.double().eval()
     # As for BN above, a LayerNorm's eps breaks the invariance slightly: remove it.
     for m in module.modules():
-        if isinstance(m, nn.LayerNorm) and not m.elementwise_affine:
+        if isinstance(m, nn.LayerNorm):
             m.eps = 0.0
     x, _ = batch()
     x = x.double()
@@ -207,14 +208,15 @@ def test_si_vit_ignores_the_scale_of_each_feed_forward_linear(name, invariant):
     assert torch.allclose(scaled(x), reference, rtol=1e-9, atol=1e-9) == invariant
 
 
-def test_diagonal_shifts_move_the_image_by_half_a_patch():
+def test_shifted_patch_tokens_see_one_pixel_shifts_along_each_axis():
     x = torch.zeros(1, 1, 8, 8)
     x[0, 0, 3, 4] = 1.0
-    shifted = diagonal_shifts(x, 2)
-    assert shifted.shape == (1, 5, 8, 8)
-    ones = {tuple(i.tolist()) for i in shifted[0].nonzero()}
-    # Channel 0 is the image; the others hold it shifted along the four diagonals, zero-filled.
-    assert ones == {(0, 3, 4), (1, 5, 6), (2, 1, 6), (3, 5, 2), (4, 1, 2)}
+    x[0, 0, 7, 7] = 1.0  # shifted out of the image right and down: zero fill, no wrap-around
+    out = shifted(x)
+    assert out.shape == (1, 5, 8, 8)
+    ones = {tuple(i.tolist()) for i in out[0].nonzero()}
+    # Channel 0 is the image; then right, left, down and up by one pixel (the study's order).
+    assert ones == {(0, 3, 4), (0, 7, 7), (1, 3, 5), (2, 3, 3), (2, 7, 6), (3, 4, 4), (4, 2, 4), (4, 6, 7)}
 
 
 def test_locality_attention_never_attends_to_the_token_itself():
@@ -240,7 +242,7 @@ def test_locality_attention_never_attends_to_the_token_itself():
         ("resnet18", {"weight_decay": -1e-4}, r"\[model\] weight_decay must be non-negative"),
         ("convnetsi", {"width": "wide"}, r"\[model\] width must be a whole number"),
         ("convnetsi", {"head_norm": True}, r"\[model\] head_norm must be a number"),
-        ("vit", {"patch": 1}, r"\[model\] patch must be at least 2"),
+        ("vit", {"patch": 0}, r"\[model\] patch must be at least 1"),
         ("vit", {"heads": 0}, r"\[model\] heads must be at least 1"),
         ("vit", {"dropout": 1}, r"\[model\] dropout must be below 1"),
         ("vitsi", {"si": "yes"}, r"\[model\] si must be true or false"),

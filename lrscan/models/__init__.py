@@ -40,6 +40,11 @@ class ModelEntry:
         when the model cannot be batched (the trainer then steps runs one at a time).
         Models with BatchNorm are not batched: their running statistics are buffers that
         the trainer keeps per run.
+    official
+        ``official(name, options) -> str``: the name the study's own code gives the tensor
+        that lrscan calls ``name`` (a parameter or float buffer of the built module), so that
+        the study's checkpoints load as they are (``lrscan import``); ``None`` for a model the
+        study does not have.
     update
         How the trainable parameters move: ``"sphere"`` (projected SGD on the SI group, the
         study's protocol: every trainable parameter must be SI), ``"sgd"`` (ordinary SGD
@@ -54,6 +59,24 @@ class ModelEntry:
     validate: Callable[[dict[str, Any]], dict[str, Any]] = lambda options: options
     forward_batched: Callable[[nn.Module, Mapping[str, Tensor], Tensor], Tensor] | None = None
     update: str = "sphere"
+    official: Callable[[str, Mapping[str, Any]], str] | None = None
+
+
+def official_names(entry: ModelEntry, names, options: Mapping[str, Any]) -> dict[str, str]:
+    """The study's name of each of ``names`` (lrscan tensor names), or ``{}`` when the entry
+    has no official counterpart.
+
+    Raises
+    ------
+    ValueError
+        When two lrscan names map to one official name (a broken mapping).
+    """
+    if entry.official is None:
+        return {}
+    mapping = {name: entry.official(name, options) for name in names}
+    if len(set(mapping.values())) != len(mapping):
+        raise ValueError("the official-name mapping is not one to one")
+    return mapping
 
 
 MODELS: Registry[ModelEntry] = Registry("model", "lrscan.models")

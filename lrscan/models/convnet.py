@@ -75,6 +75,18 @@ def validate(options: dict[str, Any]) -> dict[str, Any]:
     return options
 
 
+def official_name(name: str, options: Mapping[str, Any]) -> str:
+    """The study's name of a tensor (``nets/convnet_si.py``, ``ConvNetDepth`` with
+    ``max_depth=3``): its ``conv_layers`` Sequential holds conv, BN, ReLU for the first layer
+    and conv, BN, ReLU, max pool for each later one; ``linear_layers.2`` is the head."""
+    kind, _, rest = name.partition(".")
+    if kind == "head":
+        return f"linear_layers.2.{rest}"
+    i, _, tensor = rest.partition(".")
+    conv = 0 if int(i) == 0 else 3 + 4 * (int(i) - 1)
+    return f"conv_layers.{conv + (kind == 'bns')}.{tensor}"
+
+
 ENTRY = ModelEntry(
     build=build,
     is_si=lambda name: name.startswith("convs."),
@@ -82,4 +94,5 @@ ENTRY = ModelEntry(
     defaults={"width": 32, "head_norm": 10.0},
     validate=validate,
     update="sphere",
+    official=official_name,
 )

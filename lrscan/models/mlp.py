@@ -69,6 +69,16 @@ def validate(options: dict[str, Any]) -> dict[str, Any]:
     return options
 
 
+def official_name(name: str, options: Mapping[str, Any]) -> str:
+    """The study's name of a tensor (``synthetic_example/model.py``): one Sequential of
+    Linear, LayerNorm, ReLU per hidden layer, then the head Linear."""
+    kind, _, rest = name.partition(".")
+    if kind == "head":
+        return f"{3 * options['depth']}.{rest}"
+    i, _, tensor = rest.partition(".")
+    return f"{3 * int(i)}.{tensor}"
+
+
 ENTRY = ModelEntry(
     build=build,
     is_si=lambda name: name.startswith("hidden."),
@@ -77,4 +87,5 @@ ENTRY = ModelEntry(
     defaults={"width": 32, "depth": 2, "head_norm": 10.0, "eps": 1e-7},
     validate=validate,
     forward_batched=forward_batched,
+    official=official_name,
 )

@@ -2,25 +2,29 @@
 
 ``resnet18si`` — the SI ResNet-18 trained on a sphere. Blocks [2, 2, 2, 2] with widths
 w, 2w, 4w, 8w after a 3×3 stem convolution; bias-free convolutions; BatchNorm without affine
-parameters before every convolution of a block (the downsampling shortcut is BN → 1×1 conv
-with stride 2, the first stage has none); head BN → ReLU → global average pool → bias-free
-Linear(8w, classes), frozen at init with Frobenius norm ``head_norm``. Every convolution feeds a normalisation, so the logits do not change when all
-convolution weights are scaled together: the SI group is every convolution weight.
-At w = 32 on CIFAR-10: 2,790,240 SI weights, 2,560 frozen head weights, 2,792,800 in all
-(CIFAR-100: 25,600 frozen, 2,815,840 in all).
+parameters before every convolution of a block. A block computes ``a = relu(bn1(x))``, then
+``conv2(relu(bn2(conv1(a))))`` plus the shortcut: the raw ``x`` where the block keeps the
+shape, and BN → 1×1 conv with stride 2 applied to the *activated* ``a`` where it changes it
+(as the study's ``PreActBlock`` does). Head BN → ReLU → global average pool → bias-free
+Linear(8w, classes), frozen at init with Frobenius norm ``head_norm``. Every convolution
+feeds a normalisation, so the logits do not change when all convolution weights are scaled
+together: the SI group is every convolution weight. At w = 32 on CIFAR-10: 2,790,240 SI
+weights, 2,560 frozen head weights, 2,792,800 in all (CIFAR-100: 25,600 frozen, 2,815,840).
 
 ``resnet18`` — the practical baseline: the same network at w = 64 with affine BatchNorm and
-a trainable head with bias, trained by ordinary SGD (options ``momentum`` and
-``weight_decay``). At w = 64: 11,173,066 parameters on CIFAR-10, 11,219,236 on CIFAR-100,
-all trainable.
+a trainable bias-free head (the study's ``resnet_si_af`` module), trained by ordinary SGD
+(options ``momentum`` and ``weight_decay``). At w = 64: 11,173,056 parameters on CIFAR-10,
+11,219,136 on CIFAR-100, all trainable.
 
 Both take images (C, H, W) of any size; each of the three downsampling stages halves H and W
-(rounding up), and the head averages over whatever is left.
+(rounding up), and the head averages over whatever is left. Tensor names map one to one to
+the study's (:func:`official_name`), so its checkpoints load as they are.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections import OrderedDict
 from typing import Any, Mapping
 
@@ -38,7 +42,8 @@ def conv3x3(c_in: int, c_out: int, stride: int = 1) -> nn.Conv2d:
 
 
 class PreActBlock(nn.Module):
-    """BN → ReLU → conv → BN → ReLU → conv, plus the input (or its BN → 1×1 conv projection)."""
+    """BN → ReLU → conv → BN → ReLU → conv, plus the input (or the BN → 1×1 conv projection of
+    the activated input, where the block changes the shape)."""
 
     def __init__(self, c_in: int, c_out: int, stride: int, affine: bool):
         super().__init__()
@@ -54,9 +59,9 @@ class PreActBlock(nn.Module):
             ))
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.conv1(F.relu(self.bn1(x)))
-        out = self.conv2(F.relu(self.bn2(out)))
-        return out + (x if self.shortcut is None else self.shortcut(x))
+        activated = F.relu(self.bn1(x))
+        shortcut = x if self.shortcut is None else self.shortcut(activated)
+        return self.conv2(F.relu(self.bn2(self.conv1(activated)))) + shortcut
 
 
 class PreActResNet18(nn.Module):
@@ -71,8 +76,8 @@ class PreActResNet18(nn.Module):
     affine
         Whether BatchNorm layers learn a scale and shift (``False`` for the SI network).
     head_norm
-        ``None`` for an ordinary trainable head with bias; otherwise the head is bias-free,
-        rescaled at init to this Frobenius norm and frozen.
+        ``None`` for an ordinary trainable head; otherwise the head is rescaled at init to
+        this Frobenius norm and frozen. The head has no bias either way.
     """
 
     def __init__(self, in_channels: int, n_classes: int, width: int, *, affine: bool, head_norm: float | None):
@@ -86,7 +91,7 @@ class PreActResNet18(nn.Module):
             c_in = c_out
         self.stages = nn.Sequential(*stages)
         self.bn = nn.BatchNorm2d(c_in, affine=affine)
-        self.head = nn.Linear(c_in, n_classes, bias=head_norm is None)
+        self.head = nn.Linear(c_in, n_classes, bias=False)
         if head_norm is not None:
             with torch.no_grad():
                 self.head.weight.mul_(head_norm / self.head.weight.norm())
@@ -95,6 +100,15 @@ class PreActResNet18(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = self.stages(self.conv(x))
         return self.head(F.relu(self.bn(x)).mean((2, 3)))
+
+
+def official_name(name: str, options: Mapping[str, Any]) -> str:
+    """The study's name of a tensor (``nets/resnet_si.py`` and ``resnet_si_af.py``): the stem
+    ``conv1``, stages ``layer1`` … ``layer4``, shortcut parts ``0`` (BN) and ``1`` (conv), the
+    head ``linear``."""
+    name = re.sub(r"^stages\.(\d)\.", lambda m: f"layer{int(m[1]) + 1}.", name)
+    name = name.replace("shortcut.bn.", "shortcut.0.").replace("shortcut.conv.", "shortcut.1.")
+    return re.sub(r"^(conv|head)\.", lambda m: {"conv": "conv1.", "head": "linear."}[m[1]], name)
 
 
 def check_image_shape(name: str, input_shape: tuple[int, ...]) -> None:
@@ -152,6 +166,7 @@ SI_ENTRY = ModelEntry(
     defaults={"width": 32, "head_norm": 10.0},
     validate=validate_si,
     update="sphere",
+    official=official_name,
 )
 
 ENTRY = ModelEntry(
@@ -161,4 +176,5 @@ ENTRY = ModelEntry(
     defaults={"width": 64, "momentum": 0.9, "weight_decay": 5e-4},
     validate=validate_practical,
     update="sgd",
+    official=official_name,
 )

@@ -1,26 +1,30 @@
-"""A small Vision Transformer for small images (SPEC §2), registered as ``vit`` and ``vitsi``.
+"""A small Vision Transformer for small images (SPEC §2), registered as ``vitsi`` and ``vit``.
 
-The ViT of Lee et al., "Vision Transformer for Small-Size Datasets" (2021), as the study uses
-it on CIFAR: patch 4, width 512, 6 pre-norm blocks of 8 heads × 64, feed-forward width 512,
-dropout 0.1, a class token with learned position embeddings and a LayerNorm → Linear head.
-Two changes from the plain ViT:
+The ViT of Lee et al., "Vision Transformer for Small-Size Datasets" (2021), as the study's
+``vit_small_si`` builds it: patch 4, width 512, 6 pre-norm blocks of 8 heads × 64,
+feed-forward width 512, dropout 0.1 (embedding, attention output, feed-forward), a class
+token and position embedding drawn from N(0, 1), and a LayerNorm → Linear head on the class
+token. Two changes from the plain ViT:
 
 - *Shifted patch tokenization*: the image is concatenated along channels with four copies of
-  itself shifted by half a patch along the diagonals (zero fill), then cut into patches,
-  each LayerNorm-ed and linearly embedded.
-- *Locality self-attention*: the softmax temperature is learned (initialised to √dim_head,
-  the usual scaling) and each token's attention to itself is masked out.
+  itself shifted by one pixel along each axis (zero fill), cut into patches flattened as
+  (row, column, channel), then LayerNorm-ed and linearly embedded.
+- *Locality self-attention*: bias-free q/k/v, the softmax temperature is learned (its log
+  initialised to log(dim_head^-1/2)), each token's attention to itself is masked out, and the
+  attention weights have no dropout.
 
-With ``si = true`` (the default of ``vitsi``) every Linear of every feed-forward block is
-followed by a LayerNorm without affine parameters, which makes each of those layers
-scale-invariant; the network is still trained with Adam, not on a sphere.
+``vitsi`` (``si = true``, the study's ViT) follows each Linear of every feed-forward block
+by an affine LayerNorm; ``vit`` (``si = false``) is the same network without those two
+LayerNorms, a variant the study did not train. Every LayerNorm is affine. Tensor names map
+one to one to the study's (:func:`official_name`), so its checkpoints load as they are.
 
-At the defaults on 32×32 images: 9,622,512 parameters for CIFAR-10 and 9,668,682 for CIFAR-100
-(both variants: the added LayerNorms have none), all trainable.
+At the defaults on 32×32 images ``vitsi`` has 9,634,800 parameters for CIFAR-10 and
+9,680,970 for CIFAR-100 (the study's counts), ``vit`` 9,622,512 and 9,668,682; all trainable.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from typing import Any, Mapping
 
@@ -32,19 +36,21 @@ from lrscan.errors import LrscanError
 from lrscan.models import ModelEntry
 from lrscan.spec import integer, number
 
+# F.pad amounts (left, right, top, bottom); a negative amount crops, so each moves the image
+# by one pixel: right, left, down, up.
+SHIFTS = ((1, -1, 0, 0), (-1, 1, 0, 0), (0, 0, 1, -1), (0, 0, -1, 1))
 
-def diagonal_shifts(x: Tensor, shift: int) -> Tensor:
-    """Images (B, C, H, W) and their four diagonal shifts by ``shift`` pixels, (B, 5C, H, W).
+
+def shifted(x: Tensor) -> Tensor:
+    """Images (B, C, H, W) and their four one-pixel shifts along the axes, (B, 5C, H, W).
 
     Pixels shifted in from outside are zero.
     """
-    # F.pad with a negative amount crops: (s, -s, s, -s) moves the image right and down by s.
-    moves = ((1, 1), (1, -1), (-1, 1), (-1, -1))
-    return torch.cat([x, *(F.pad(x, (a * shift, -a * shift, b * shift, -b * shift)) for a, b in moves)], 1)
+    return torch.cat([x, *(F.pad(x, shift) for shift in SHIFTS)], 1)
 
 
 class ShiftedPatchTokens(nn.Module):
-    """Patch embedding of an image and its four diagonal half-patch shifts."""
+    """Patch embedding of an image and its four one-pixel shifts."""
 
     def __init__(self, in_channels: int, patch: int, dim: int):
         super().__init__()
@@ -55,9 +61,9 @@ class ShiftedPatchTokens(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         p = self.patch
-        x = diagonal_shifts(x, p // 2)
+        x = shifted(x)
         b, c, h, w = x.shape
-        patches = x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1)
+        patches = x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1)  # (b, h, w, p1, p2, c)
         return self.embed(self.norm(patches.reshape(b, (h // p) * (w // p), p * p * c)))
 
 
@@ -79,28 +85,28 @@ class LocalitySelfAttention(nn.Module):
         q, k, v = self.qkv(self.norm(x)).reshape(b, n, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
         scores = (q @ k.transpose(-1, -2)) * self.log_inverse_temperature.exp()
         diagonal = torch.eye(n, dtype=torch.bool, device=x.device)
-        scores = scores.masked_fill(diagonal, torch.finfo(scores.dtype).min)
-        attention = self.dropout(scores.softmax(-1))
+        attention = scores.masked_fill(diagonal, torch.finfo(scores.dtype).min).softmax(-1)
         return self.dropout(self.out((attention @ v).transpose(1, 2).reshape(b, n, -1)))
 
 
 class FeedForward(nn.Module):
-    """Pre-norm Linear → GELU → Linear, each Linear optionally followed by a plain LayerNorm."""
+    """Pre-norm Linear → GELU → Linear, each Linear followed by a LayerNorm when ``si``.
+
+    The layers sit at the study's positions in ``net`` (0 and 4 are the Linears, 1 and 5 the
+    LayerNorms); without ``si`` the LayerNorms' places hold identities.
+    """
 
     def __init__(self, dim: int, hidden: int, dropout: float, si: bool):
         super().__init__()
-
-        def normed(a: int, b: int) -> list[nn.Module]:
-            return [nn.Linear(a, b), nn.LayerNorm(b, elementwise_affine=False)] if si else [nn.Linear(a, b)]
-
+        norm = nn.LayerNorm if si else (lambda n: nn.Identity())
+        self.norm = nn.LayerNorm(dim)
         self.net = nn.Sequential(
-            nn.LayerNorm(dim),
-            *normed(dim, hidden), nn.GELU(), nn.Dropout(dropout),
-            *normed(hidden, dim), nn.Dropout(dropout),
+            nn.Linear(dim, hidden), norm(hidden), nn.GELU(), nn.Dropout(dropout),
+            nn.Linear(hidden, dim), norm(dim), nn.Dropout(dropout),
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
+        return self.net(self.norm(x))
 
 
 class ViT(nn.Module):
@@ -113,7 +119,7 @@ class ViT(nn.Module):
     n_classes
         Number of logits.
     patch, dim, depth, heads, dim_head, mlp_dim, dropout, si
-        The options of the ``vit`` model entry.
+        The options of the ``vitsi`` / ``vit`` model entries.
     """
 
     def __init__(self, input_shape: tuple[int, int, int], n_classes: int, *, patch: int, dim: int, depth: int,
@@ -155,10 +161,32 @@ def build(options: Mapping[str, Any], input_shape: tuple[int, ...], n_classes: i
     return ViT(input_shape, n_classes, **{key: options[key] for key in (*SHAPE_OPTIONS, "dropout", "si")})
 
 
+def official_name(name: str, options: Mapping[str, Any]) -> str:
+    """The study's name of a tensor (``vision_transformer/models/vit_small_si.py``)."""
+    fixed = {"cls": "cls_token", "position": "pos_embedding"}
+    if name in fixed:
+        return fixed[name]
+    rules = (
+        (r"^tokens\.norm\.", "to_patch_embedding.to_patch_tokens.1."),
+        (r"^tokens\.embed\.", "to_patch_embedding.to_patch_tokens.2."),
+        (r"^blocks\.(\d+)\.(\d)\.norm\.", r"transformer.layers.\1.\2.norm."),
+        (r"^blocks\.(\d+)\.0\.qkv\.", r"transformer.layers.\1.0.fn.to_qkv."),
+        (r"^blocks\.(\d+)\.0\.log_inverse_temperature$", r"transformer.layers.\1.0.fn.temperature"),
+        (r"^blocks\.(\d+)\.0\.out\.", r"transformer.layers.\1.0.fn.to_out.0."),
+        (r"^blocks\.(\d+)\.1\.net\.", r"transformer.layers.\1.1.fn.net."),
+        (r"^norm\.", "mlp_head.0."),
+        (r"^head\.", "mlp_head.1."),
+    )
+    for pattern, replacement in rules:
+        renamed, n = re.subn(pattern, replacement, name)
+        if n:
+            return renamed
+    raise ValueError(f"no official name for ViT tensor {name!r}")
+
+
 def validate(options: dict[str, Any]) -> dict[str, Any]:
     for key in SHAPE_OPTIONS:
-        # A half-patch shift needs a patch of at least two pixels.
-        options[key] = integer(f"[model] {key}", options[key], minimum=2 if key == "patch" else 1)
+        options[key] = integer(f"[model] {key}", options[key], minimum=1)
     options["dropout"] = number("[model] dropout", options["dropout"], positive=False)
     if options["dropout"] >= 1:
         raise LrscanError(f"[model] dropout must be below 1, got {options['dropout']:g}")
@@ -176,7 +204,8 @@ ENTRY = ModelEntry(
               "si": False, "weight_decay": 1e-4},
     validate=validate,
     update="adam",
+    official=official_name,
 )
 
-# The study's "SI ViT": the same entry with LayerNorms in the feed-forward blocks by default.
+# The study's ViT (vit_small_si): the same entry with LayerNorms in the feed-forward blocks.
 SI_ENTRY = replace(ENTRY, defaults={**ENTRY.defaults, "si": True})
