@@ -32,6 +32,7 @@ import zarr
 
 import lrscan
 from lrscan.errors import LrscanError
+from lrscan.models import official_names
 from lrscan.registry import closest
 from lrscan.spec import Spec, number, parse_override, resolve
 from lrscan.store import canonical_nan, create_or_check, run_checksum
@@ -321,6 +322,7 @@ def read_checkpoint(
     fs: fsspec.AbstractFileSystem | None = None,
     accuracy: str = "auto",
     name: str | None = None,
+    official: Mapping[str, str] | None = None,
 ) -> tuple[np.ndarray, dict[str, float]]:
     """The flat weights of one checkpoint file, and the metrics stored beside them.
 
@@ -328,7 +330,8 @@ def read_checkpoint(
     ``state_dict``, ``model_state_dict`` or ``model`` (nested any number of times), an SWA
     ``AveragedModel`` (``module.`` prefix, ``n_averaged`` buffer), a ``torch.compile``'d
     module (``_orig_mod.``). Integer tensors the layout lacks (``num_batches_tracked``) are
-    ignored. Metrics are read from ``train_res`` / ``test_res`` dicts (``loss``,
+    ignored. Tensors may carry lrscan's names or, where ``official`` maps them, the study's
+    own (its checkpoints load as they are). Metrics are read from ``train_res`` / ``test_res`` dicts (``loss``,
     ``accuracy`` or ``acc``) or ``train_loss`` / ``train_acc`` / ``test_loss`` / ``test_acc``
     values at any level of the wrapping.
 
@@ -342,6 +345,8 @@ def read_checkpoint(
         ``"fraction"``, ``"percent"``, or ``"auto"``: a value above 1 is a percentage.
     name
         How to call the file in errors (default: ``path``).
+    official
+        lrscan name → the study's name of each layer (:func:`lrscan.models.official_names`).
 
     Returns
     -------
@@ -360,7 +365,7 @@ def read_checkpoint(
         fs, path = fsspec.core.url_to_fs(path)
     obj = _load(fs, path, name)
     state, metrics = _unwrap(obj, name)
-    return _flatten(_strip_prefixes(state, layers), layers, name), _scores(metrics, accuracy, name)
+    return _flatten(_strip_prefixes(state, layers), layers, name, official), _scores(metrics, accuracy, name)
 
 
 def _load(fs: fsspec.AbstractFileSystem, path: str, name: str) -> Any:
@@ -411,18 +416,32 @@ def _strip_prefixes(state: dict[str, torch.Tensor], layers: Sequence[Layer]) -> 
     return state
 
 
-def _flatten(state: Mapping[str, torch.Tensor], layers: Sequence[Layer], name: str) -> np.ndarray:
+def _file_names(state: Mapping[str, torch.Tensor], layers: Sequence[Layer],
+                official: Mapping[str, str]) -> dict[str, str]:
+    """Which key of the file holds each layer: lrscan's own names, or the study's where the
+    file uses those (the model entry's official-name mapping)."""
+    own = {layer.name: layer.name for layer in layers}
+    if not official or all(layer.name in state for layer in layers):
+        return own
+    theirs = {layer.name: official[layer.name] for layer in layers}
+    hits = lambda names: sum(key in state for key in names.values())  # noqa: E731
+    return theirs if hits(theirs) > hits(own) else own
+
+
+def _flatten(state: Mapping[str, torch.Tensor], layers: Sequence[Layer], name: str,
+             official: Mapping[str, str] | None = None) -> np.ndarray:
     hint = "; is this the model of --model and --set model.*?"
+    keys = _file_names(state, layers, official or {})
     row = np.empty(max(layer.stop for layer in layers), dtype=np.float32)
     for layer in layers:
-        tensor = state.get(layer.name)
+        tensor = state.get(keys[layer.name])
         if tensor is None:
-            raise LrscanError(f"{name}: missing tensor {layer.name!r}{hint}")
+            raise LrscanError(f"{name}: missing tensor {keys[layer.name]!r}{hint}")
         if tuple(tensor.shape) != tuple(layer.shape):
-            raise LrscanError(f"{name}: tensor {layer.name!r} has shape {tuple(tensor.shape)}, "
+            raise LrscanError(f"{name}: tensor {keys[layer.name]!r} has shape {tuple(tensor.shape)}, "
                               f"the model's is {tuple(layer.shape)}{hint}")
         row[layer.start : layer.stop] = tensor.detach().reshape(-1).to(torch.float32).numpy()
-    known = {layer.name for layer in layers}
+    known = set(keys.values())
     for key, tensor in state.items():
         if key not in known and (tensor.is_floating_point() or tensor.is_complex()):
             raise LrscanError(f"{name}: unexpected tensor {key!r} (the model has none of that name){hint}")
@@ -563,9 +582,11 @@ def import_checkpoints(
         raise LrscanError(f"{err}; the checkpoints' epochs must be whole numbers of steps: set batch_size and "
                           "data.n_train to those they were trained with") from None
     layers = setup.layers
+    official = official_names(setup.entry, [layer.name for layer in layers], spec.model_options)
     runs = _assign(found, setup, ft_epoch_origin)
     first = min(runs["pretrain"].items())[1][0][1]
-    read_checkpoint(first.path, layers, fs=found.fs, accuracy=accuracy, name=first.name)  # a wrong model fails here
+    # A wrong model fails here.
+    read_checkpoint(first.path, layers, fs=found.fs, accuracy=accuracy, name=first.name, official=official)
     create_or_check(store, setup.plan, layers)
     root = zarr.open_group(str(store), mode="r+")
     if "lrscan_import" not in root.attrs:
@@ -599,7 +620,7 @@ def import_checkpoints(
             progress(Progress(stage, count, total))
 
     for stage, index, files in todo:
-        _write_run(root, stage, getattr(setup.plan, stage), index, files, layers, norm_group, found.fs,
+        _write_run(root, stage, getattr(setup.plan, stage), index, files, layers, official, norm_group, found.fs,
                    accuracy, setup.plan.steps_per_epoch, tick)
         result.imported[stage] = result.imported.get(stage, 0) + 1
     result.files = count
@@ -656,8 +677,8 @@ def _describe(spec: Spec, stage: str, index: tuple[int, ...]) -> str:
     return f"{stage} run ({', '.join(where)})"
 
 
-def _write_run(root: zarr.Group, stage_name: str, stage, index: tuple[int, ...], files, layers, norm_group: str,
-               fs, accuracy: str, steps_per_epoch: int, tick: Callable[[str], None]) -> None:
+def _write_run(root: zarr.Group, stage_name: str, stage, index: tuple[int, ...], files, layers,
+               official: Mapping[str, str], norm_group: str, fs, accuracy: str, steps_per_epoch: int, tick: Callable[[str], None]) -> None:
     """Import one run: its weights chunk by chunk, then metrics, divergence, checksum, done.
 
     A chunk's rows are gathered (a chunk holds about 8 MB, or one checkpoint) and written
@@ -686,7 +707,7 @@ def _write_run(root: zarr.Group, stage_name: str, stage, index: tuple[int, ...],
         chunk, block = stop, None
 
     for step, ckpt in files:
-        flat, scores = read_checkpoint(ckpt.path, layers, fs=fs, accuracy=accuracy, name=ckpt.name)
+        flat, scores = read_checkpoint(ckpt.path, layers, fs=fs, accuracy=accuracy, name=ckpt.name, official=official)
         if step in row_of:
             row = row_of[step]
             if row // per_chunk != chunk:
