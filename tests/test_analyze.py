@@ -74,7 +74,7 @@ def test_grad_norm_averages_the_logged_rows(trained_small):
 
 def test_group_norms_against_numpy(trained_small):
     tree = lrscan.open(trained_small)
-    result = tree.lrscan.group_norms(bins=10, lo=-3, hi=0).compute()
+    result = tree.lrscan.group_norms(bins=10, lo=-3, hi=0).sel(point="pretrain").compute()
     w = tree["pretrain/weights"]["weights"].isel(epoch=-1).values.astype(np.float64)
     expected = np.concatenate([np.linalg.norm(w[..., :1024].reshape(2, 2, 32, 32), axis=-1),
                                np.linalg.norm(w[..., 1024:2048].reshape(2, 2, 32, 32), axis=-1)], axis=-1)

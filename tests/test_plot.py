@@ -30,7 +30,7 @@ PANELS = {
     "swa_accuracy": [("plr", "test_acc")],
     "geometry": [("plr", "angle"), ("plr", "train_barrier"), ("plr", "test_barrier")],
     "features": [("plr", "feature_acc")] * 4,
-    "group_norms": [("plr", "log10_norm"), ("log10_norm", "channels")],
+    "group_norms": [("log10_norm", "channels")] * 3 + [("plr", "log10_norm")],
     "training_curves": [("epoch", "train_loss"), ("epoch", "test_acc")],
 }
 UNITS = {"test_acc": "(%)", "angle": "(rad)", "train_barrier": "(%)", "test_barrier": "(%)", "feature_acc": "(%)",

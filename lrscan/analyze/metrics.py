@@ -8,6 +8,7 @@ import xarray as xr
 
 from lrscan.analyze import analyzer
 from lrscan.analyze.evaluate import Evaluator
+from lrscan.analyze.solutions import resolve, solution_weights
 from lrscan.errors import LrscanError
 from lrscan.train.engine import si_norm, swa_average
 
@@ -110,18 +111,43 @@ def grad_norm(tree: xr.DataTree, window: float = 20.0) -> xr.Dataset:
 
 
 @analyzer("group_norms")
-def group_norms(tree: xr.DataTree, bins: int = 40, lo: float = -4.0, hi: float = 1.0) -> xr.Dataset:
+def group_norms(tree: xr.DataTree, bins: int = 50, lo: float = -6.0, hi: float = 0.0) -> xr.Dataset:
     """Norms of every output channel of every SI tensor over the radius, and their log10 histogram.
 
-    For the pre-training solution of each (plr, seed): ``group_norm(plr, seed, group)`` =
-    ‖W[i]‖ / ρ for each output channel i (first axis) of each SI tensor, with the tensor's
-    name as the non-index coordinate ``layer``; ``histogram(plr, seed, bin)`` counts
-    log10 of these over ``bins`` bins between ``lo`` and ``hi`` (values outside go to the
-    end bins). Large learning rates in regime 3 spread them over orders of magnitude.
+    The norms are taken at three points of each (plr, seed), the panels of the study's figure:
+
+    - ``init``: the pre-training checkpoint at epoch 0, the initial point (every store keeps
+      it; it is the same for every PLR of a seed);
+    - ``pretrain``: the checkpoint that ends pre-training, at ``pretrain_epochs`` (the ``pt``
+      solution);
+    - ``finetune``: the last checkpoint of the fine-tuning run with the lowest FLR (the
+      ``ft_low`` solution), the same FLR for every PLR. The study fine-tunes below the PLR:
+      wherever some FLR is below the PLR, the lowest FLR is the lowest one below it; a PLR
+      under the whole FLR grid keeps the lowest FLR. Absent when the store has no fine-tuning.
+
+    Parameters
+    ----------
+    tree
+        An opened store.
+    bins, lo, hi
+        The histogram: ``bins`` equal bins of log10(‖W[i]‖ / ρ) between ``lo`` and ``hi``
+        (the study's 50 on [−6, 0]). Values outside [lo, hi] are counted in the end bins
+        (a norm of 0, log10 −∞, in the first), so every stored channel is counted once.
+
+    Returns
+    -------
+    xr.Dataset
+        ``group_norm(plr, seed, point, group)`` = ‖W[i]‖ / ρ for each output channel i (first
+        axis) of each SI tensor, with the tensor's name as the non-index coordinate ``layer``
+        (group) and the checkpoint's epoch as ``epoch`` (point); ``histogram(plr, seed, point,
+        bin)``, the channel counts, ``bin`` being the bins' centres. attrs: ``bin_edges``
+        (``bins + 1`` values) and ``finetune_flr`` (the FLR of the ``finetune`` point, with
+        fine-tuning). A point whose weights were never stored (NaN, as for an imported store
+        without an initial point) counts no channel. Lazy on a lazy store.
     """
     radius = tree.attrs["spec"]["sweep"]["radius"]
     layers = tree["layers"].to_dataset().load()
-    weights = tree["pretrain/weights"]["weights"].isel(epoch=-1, drop=True)
+    weights, epochs, attrs = _norm_points(tree)
     parts, names = [], []
     for name, start, stop, shape, si in zip(layers.layer.values, layers.start.values, layers.stop.values,
                                             layers.shape.values, layers.si.values):
@@ -131,17 +157,43 @@ def group_norms(tree: xr.DataTree, bins: int = 40, lo: float = -4.0, hi: float =
         w = weights.isel(param=slice(int(start), int(stop))).data.astype(np.float64)
         # .reshape works alike on numpy and dask data: (..., rows * cols) -> (..., rows, cols)
         norms = (w.reshape(*w.shape[:-1], rows, -1) ** 2).sum(-1) ** 0.5
-        parts.append(xr.DataArray(norms / radius, dims=("plr", "seed", "group")))
+        parts.append(xr.DataArray(norms / radius, dims=("plr", "seed", "point", "group")))
         names += [str(name)] * rows
     group_norm = xr.concat(parts, dim="group").assign_coords(
-        plr=weights.plr, seed=weights.seed, layer=("group", np.array(names, dtype=object)))
+        plr=weights.plr, seed=weights.seed, point=weights.point, epoch=("point", epochs),
+        layer=("group", np.array(names, dtype=object)))
     edges = np.linspace(lo, hi, bins + 1)
     # Bin index by arithmetic, so it stays elementwise and lazy; out-of-range values go to the end bins.
-    index = np.floor((np.log10(group_norm) - lo) / (edges[1] - edges[0])).clip(0, bins - 1)
+    # Norms below the range all go to the first bin: raising them to just below it spares log10 the
+    # zero of a dead channel (a warning). NaN (weights never stored) stays NaN, equal to no bin.
+    log10 = np.log10(group_norm.clip(min=10.0 ** (lo - 1)))
+    index = np.floor((log10 - lo) / (edges[1] - edges[0])).clip(0, bins - 1)
     histogram = (index == xr.DataArray(np.arange(bins), dims="bin")).sum("group")
     centers = (edges[:-1] + edges[1:]) / 2
     return xr.Dataset(
         {"group_norm": group_norm, "histogram": histogram.assign_coords(bin=centers)},
-        attrs={"description": "per-channel norms of SI tensors over the radius; histogram of their log10",
-               "bin_edges": edges.tolist()},
+        attrs={"description": "per-channel norms of SI tensors over the radius at init, the end of pre-training "
+                              "and after fine-tuning with the lowest FLR; histogram of their log10",
+               "bin_edges": edges.tolist(), **attrs},
     )
+
+
+def _norm_points(tree: xr.DataTree) -> tuple[xr.DataArray, np.ndarray, dict]:
+    """Weights at the points of :func:`group_norms`, (plr, seed, point, param), lazy when the store
+    is; the epoch of each point's checkpoint; and attrs saying which FT run the ``finetune`` point is."""
+    pt = tree["pretrain/weights"]["weights"]
+    solutions = solution_weights(tree)
+    parts = [pt.isel(epoch=0, drop=True).drop_vars("step", errors="ignore"), solutions.sel(solution="pt")]
+    # The pt solution is the checkpoint that ends pre-training, at pretrain_epochs.
+    end = float(tree.attrs["spec"]["sweep"]["pretrain_epochs"])
+    points, epochs, attrs = ["init", "pretrain"], [float(pt.epoch[0]), end], {}
+    if "finetune" in tree.children:
+        low = resolve(tree, "ft_low")
+        parts.append(solutions.sel(solution=low))
+        points.append("finetune")
+        epochs.append(float(tree["finetune/weights"].epoch[-1]))
+        attrs["finetune_flr"] = float(solutions.value.sel(solution=low))
+    parts = [p.drop_vars(["solution", "kind", "value"], errors="ignore") for p in parts]
+    weights = xr.concat(parts, dim="point", coords="minimal", compat="override", join="override")
+    weights = weights.assign_coords(point=np.array(points, dtype=object))
+    return weights.transpose("plr", "seed", "point", "param"), np.array(epochs), attrs

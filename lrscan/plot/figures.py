@@ -533,36 +533,65 @@ def frequency(tree: xr.DataTree) -> hv.Layout:
     return _per_solution(tree, result, curves, values, BAND_ACC, "Test accuracy per frequency band vs PLR", chance)
 
 
+# The panels of the group_norms figure: each point of the ``group_norms`` analysis, in the study's order.
+NORM_POINTS = {"init": "At initialisation", "pretrain": "End of pre-training", "finetune": "After fine-tuning"}
+
+
 @figure("group_norms", needs=("group_norms",), title="Weight-group norm histograms",
-        caption="Norms of every output channel of every SI tensor over the radius ρ at the end of pre-training, "
-                "log10. Left: each PLR's histogram as a column (share of channels, all seeds pooled), with the "
-                "regime boundaries dashed and the regimes named. Right: the histograms of one PLR per regime. "
-                "Large PLRs in regime 3 spread the norms over orders of magnitude.")
+        caption="Norms ‖W[i]‖ / ρ of every output channel of every SI tensor, log10, as the share of channels in "
+                "each bin (all seeds pooled), at three points of training: at initialisation (epoch 0; every PLR "
+                "of a seed starts from the same point, so the histograms coincide), at the end of pre-training, "
+                "and after fine-tuning with the lowest FLR. Each of these panels shows one PLR per regime (the "
+                "middle PLR of each regime's span). Last panel: every PLR's histogram at the end of pre-training "
+                "as a column, with the regime boundaries dashed and the regimes named. Values beyond the axis are "
+                "counted in its end bins. Large PLRs in regime 3 spread the norms over orders of magnitude.")
 def group_norms(tree: xr.DataTree) -> hv.Layout:
-    """Histograms of log10 channel norm / ρ: against PLR as a colour map, and for one PLR per regime.
+    """Histograms of log10 channel norm / ρ at each point of training, and against PLR as a colour map.
+
+    Reads ``histogram(plr, seed, point, bin)`` and the ``bin_edges`` (and, when there, the
+    ``finetune_flr``) attributes of the ``group_norms`` analysis.
 
     Returns
     -------
     hv.Layout
-        A QuadMesh of ``channels`` (%) over (``plr``, ``log10_norm``), and an overlay of
-        Histograms of chosen PLRs.
+        One overlay of Histograms of ``channels`` (%) over ``log10_norm`` per point the
+        analysis has (init, end of PT, after FT), of one PLR per regime on a shared y range;
+        then a QuadMesh of ``channels`` over (``plr``, ``log10_norm``) at the end of PT.
     """
     result = _analysis(tree, "group_norms", ["histogram"])
-    edges = np.asarray(tree["analysis/group_norms"].attrs["bin_edges"])
-    counts = result.histogram.sum("seed").transpose("plr", "bin")
+    attrs = tree["analysis/group_norms"].attrs
+    edges = np.asarray(attrs["bin_edges"])
+    counts = result.histogram.sum("seed").transpose("point", "plr", "bin")
     share = 100 * counts / counts.sum("bin")
     plr = share.plr.values
-    mesh = style(hv.QuadMesh((_plr_edges(plr), edges, share.values.T), [PLR, LOG_NORM], CHANNELS),
+    chosen = _representatives(tree, plr)
+    spans = regime_spans(tree)
+    names = [f"PLR {p:.3g}" + "".join(f" ({label})" for label, start, stop in spans if start <= p < stop)
+             for p in chosen]
+    palette = colors(len(chosen), "plasma")
+    points = [str(p) for p in share.point.values if str(p) in NORM_POINTS]
+    # One y range for every point panel, so that the points compare.
+    top = np.nanmax(share.sel(plr=chosen, point=points).values, initial=1.0)
+    panels = []
+    for point in points:
+        histograms = [style(hv.Histogram((edges, share.sel(point=point, plr=p).values), kdims=[LOG_NORM],
+                                         vdims=[CHANNELS], label=name), {"color": c, "alpha": 0.35},
+                            {"line_color": c, "line_width": 1.5}, {"edgecolor": c, "linewidth": 1.2})
+                      for p, name, c in zip(chosen, names, palette)]
+        title = NORM_POINTS[point]
+        if point == "finetune" and "finetune_flr" in attrs:
+            title += f" (FLR {attrs['finetune_flr']:.3g})"
+        panel = framed(hv.Overlay(histograms), title=title, xlim=(edges[0], edges[-1]), ylim=(0.0, 1.1 * top),
+                       legend=point == points[0], xlabel=LOG_NORM.pprint_label, ylabel=CHANNELS.pprint_label)
+        # Inside, at the top left (norms rarely come that small): a legend beside one panel would narrow it alone.
+        panels.append(style(panel, {"legend_position": "top_left"}))
+    end = share.sel(point="pretrain")
+    mesh = style(hv.QuadMesh((_plr_edges(plr), edges, end.values.T), [PLR, LOG_NORM], CHANNELS),
                  {"cmap": "Blues", "colorbar": True})
     # The mesh fills the panel, so the regimes are named and their boundaries drawn, not shaded.
-    overview = vs_plr(tree, [mesh], edges, title="Channel norms vs PLR", ylabel=LOG_NORM, shade=False,
-                      ylim=(edges[0], edges[-1] + 0.15 * (edges[-1] - edges[0])), legend=False)
-    chosen = _representatives(tree, plr)
-    histograms = [style(hv.Histogram((edges, share.sel(plr=p).values), kdims=[LOG_NORM], vdims=[CHANNELS],
-                                     label=f"PLR {p:.3g}"), {"color": c, "alpha": 0.45})
-                  for p, c in zip(chosen, colors(len(chosen), "plasma"))]
-    one_per_regime = framed(hv.Overlay(histograms), title="Channel norms at one PLR per regime")
-    return _layout([overview, one_per_regime], "Weight-group norm histograms")
+    overview = vs_plr(tree, [mesh], edges, title="Channel norms vs PLR, end of pre-training", ylabel=LOG_NORM,
+                      shade=False, ylim=(edges[0], edges[-1] + 0.15 * (edges[-1] - edges[0])), legend=False)
+    return _layout([*panels, overview], "Weight-group norm histograms")
 
 
 def _representatives(tree: xr.DataTree, plr: np.ndarray) -> list[float]:
