@@ -47,6 +47,10 @@ class Spec:
     log_every: float = 1.0
     checkpoint_epochs: tuple[float, ...] = ()
     swa: tuple[int, ...] = ()
+    # Where SWA windows lie: {start = E, every = s} averages epochs E, E+s, ... (pre-training
+    # continues past pretrain_epochs as far as the largest window needs), {stop = E, every = s}
+    # the K epochs ending at E; None: the last K stored pre-training checkpoints.
+    swa_window: Mapping[str, float] | None = None
     radius: float | None = None
     device: str = "auto"
     compile: bool = False
@@ -243,6 +247,7 @@ def resolve(tables: Mapping[str, Any]) -> Spec:
     swa = tuple(integer(f"swa[{i}]", k, minimum=1) for i, k in enumerate(_list("swa", get("swa"))))
     if len(set(swa)) != len(swa):
         raise LrscanError(f"swa has repeated values: {list(swa)}")
+    window = _swa_window(get("swa_window"))
     radius = get("radius")
     if model_entry.update != "sphere":
         if radius is not None:
@@ -265,6 +270,7 @@ def resolve(tables: Mapping[str, Any]) -> Spec:
         log_every=number("log_every", get("log_every"), positive=True),
         checkpoint_epochs=_checkpoints(get("checkpoint_epochs"), end),
         swa=tuple(sorted(swa)),
+        swa_window=window,
         radius=radius,
         device=_device(get("device")),
         compile=_boolean("compile", get("compile")),
@@ -374,6 +380,24 @@ def _switch(value, pretrain_epochs: float) -> dict[str, float] | None:
     if isinstance(plr, bool) or not isinstance(plr, (int, float)) or not math.isfinite(plr) or plr <= 0:
         raise LrscanError(f"pretrain_switch.plr = {plr!r}: learning rates must be positive and finite")
     return {"epoch": epoch, "plr": float(plr)}
+
+
+def _swa_window(value) -> dict[str, float] | None:
+    """The ``swa_window`` table: ``{start = E, every = s}`` or ``{stop = E, every = s}``."""
+    if value is None:
+        return None
+    form = "{ start = E, every = S } or { stop = E, every = S }"
+    if not isinstance(value, Mapping):
+        raise LrscanError(f"swa_window must be a table {form}, got {value!r}")
+    for key in value:
+        if key not in ("start", "stop", "every"):
+            raise LrscanError(f"unknown key {key!r} in swa_window{closest(key, ['start', 'stop', 'every'])}")
+    ends = [key for key in ("start", "stop") if key in value]
+    if len(ends) != 1 or "every" not in value:
+        raise LrscanError(f"swa_window needs 'every' and one of 'start' or 'stop': {form}")
+    end = ends[0]
+    return {end: number(f"swa_window.{end}", value[end], positive=False),
+            "every": number("swa_window.every", value["every"], positive=True)}
 
 
 def _checkpoints(value, end: float) -> tuple[float, ...]:

@@ -11,6 +11,7 @@ import numpy as np
 import xarray as xr
 
 from lrscan.analyze import analyzer
+from lrscan.analyze.solutions import pretrain
 
 
 def first_epoch_below(metrics: xr.Dataset, level: float) -> xr.DataArray:
@@ -47,7 +48,7 @@ def convergence(tree: xr.DataTree, loss: float = 1e-2, final_loss: float = 1e-4)
         that row), ``epochs_to_final`` and ``reached_final`` (the same for ``final_loss``).
         attrs: ``loss``, ``final_loss``. Lazy on a lazy store.
     """
-    pt = tree["pretrain/metrics"].to_dataset()
+    pt = pretrain(tree)
     epochs = first_epoch_below(pt, loss)
     final = first_epoch_below(pt, final_loss)
     at = pt.test_acc.where(pt.epoch == epochs).max("epoch").drop_vars("step", errors="ignore")

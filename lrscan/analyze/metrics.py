@@ -8,7 +8,7 @@ import xarray as xr
 
 from lrscan.analyze import analyzer
 from lrscan.analyze.evaluate import Evaluator
-from lrscan.analyze.solutions import resolve, solution_weights
+from lrscan.analyze.solutions import pretrain, resolve, solution_weights
 from lrscan.errors import LrscanError
 from lrscan.train.engine import si_norm, swa_average
 
@@ -40,7 +40,7 @@ def metrics(tree: xr.DataTree, window: float = 20.0) -> xr.Dataset:
         for each score in train/test loss/accuracy (the stages the store has), and
         ``pt_test_acc_mean`` / ``pt_test_acc_std`` over the window. Lazy on a lazy store.
     """
-    pt = tree["pretrain/metrics"].to_dataset()
+    pt = pretrain(tree)
     out = {f"pt_{s}": pt[s].isel(epoch=-1, drop=True).drop_vars("step", errors="ignore") for s in SCORES}
     if "finetune" in tree.children:
         ft = tree["finetune/metrics"].to_dataset()
@@ -57,17 +57,18 @@ def metrics(tree: xr.DataTree, window: float = 20.0) -> xr.Dataset:
 
 @analyzer("swa", needs=("pretrain", "swa"))
 def swa(tree: xr.DataTree, ks: list[int] | None = None) -> xr.Dataset:
-    """SWA solutions of the last K pre-training checkpoints for every K, and their scores.
+    """SWA solutions of every K over the spec's SWA window, and their scores.
 
-    The average is rescaled back to the sphere (an SI model only sees its direction) and
-    evaluated on the full train and test sets; models with BatchNorm would get their
-    statistics recomputed by the evaluator first.
+    The same computation as the trainer's (``swa_window``: forward from a start epoch, or
+    the K epochs ending at a stop epoch, or the last K stored checkpoints): the average is
+    rescaled back to the sphere (an SI model only sees its direction) and evaluated on the
+    full train and test sets; models with BatchNorm get their statistics recomputed first.
 
     Parameters
     ----------
     ks
-        Window sizes; the spec's ``swa`` list by default. Any K up to the number of stored
-        pre-training checkpoints works.
+        Window sizes; the spec's ``swa`` list by default. Any K whose checkpoints the store
+        keeps works.
 
     Returns
     -------
@@ -77,13 +78,13 @@ def swa(tree: xr.DataTree, ks: list[int] | None = None) -> xr.Dataset:
     """
     ks = sorted(ks or tree.attrs["spec"]["sweep"]["swa"])
     weights = tree["pretrain/weights"]["weights"]
-    n_checkpoints = weights.sizes["epoch"]
-    if not ks or ks[0] < 1 or ks[-1] > n_checkpoints:
-        raise LrscanError(f"swa needs window sizes between 1 and the {n_checkpoints} stored pre-training "
-                          f"checkpoints, got {ks}")
+    if not ks or ks[0] < 1:
+        raise LrscanError(f"swa needs window sizes of at least 1, got {ks}")
     evaluator = Evaluator.of(tree)
-    window = weights.isel(epoch=slice(-ks[-1], None)).transpose("plr", "seed", "epoch", "param").values
-    points = swa_average(torch.from_numpy(window), ks, evaluator.layers, evaluator.radius).numpy()
+    plan = evaluator.setup.plan
+    steps, members = plan.swa_members(ks)
+    window = weights.sel(epoch=plan.epochs(steps)).transpose("plr", "seed", "epoch", "param").values
+    points = swa_average(torch.from_numpy(window), members, evaluator.layers, evaluator.radius).numpy()
     shape = points.shape[:-1]  # (plr, seed, swa)
     data = np.broadcast_to(evaluator.data_index(tree).values[None, :, None], shape).reshape(-1)
     flat = evaluator.construct(points.reshape(-1, points.shape[-1]), data)
@@ -103,7 +104,7 @@ def grad_norm(tree: xr.DataTree, window: float = 20.0) -> xr.Dataset:
     The trainer logs, for every row, the mean over the steps since the previous row of the
     SI-group gradient's L2 norm; this averages the rows of the last ``window`` epochs.
     """
-    out = {"pt_grad_norm": last_window(tree["pretrain/metrics"].to_dataset(), window).grad_norm.mean("epoch")}
+    out = {"pt_grad_norm": last_window(pretrain(tree), window).grad_norm.mean("epoch")}
     if "finetune" in tree.children:
         ft = last_window(tree["finetune/metrics"].to_dataset(), window)
         out["ft_grad_norm"] = ft.grad_norm.mean("epoch")

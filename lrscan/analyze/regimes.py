@@ -13,7 +13,7 @@ import xarray as xr
 
 from lrscan.analyze import analyzer
 from lrscan.analyze.metrics import last_window
-from lrscan.analyze.solutions import require_complete, resolve
+from lrscan.analyze.solutions import pretrain, require_complete, resolve
 from lrscan.data import DATASETS
 from lrscan.errors import LrscanError
 from lrscan.spec import Spec
@@ -202,7 +202,7 @@ def regimes(
     require_complete(tree)
     if chance is None:
         chance = _chance(tree)
-    pt = tree["pretrain/metrics"].to_dataset()
+    pt = pretrain(tree)
     pt_train_loss = _final(pt, "train_loss").load()
     pt_test_acc_mean = last_window(pt, window).test_acc.mean("epoch", skipna=False).load()
     diverged = pt.diverged_epoch.notnull().load()

@@ -18,6 +18,15 @@ def label(kind: str, value: float | int | None = None) -> str:
     return kind if value is None else f"{kind}={value:g}"
 
 
+def pretrain(tree: xr.DataTree, part: str = "metrics") -> xr.Dataset:
+    """Pre-training's ``metrics`` or ``weights`` up to the end of pre-training proper
+    (``pretrain_epochs``, the PT solution): rows and checkpoints of pre-training continued
+    for a forward SWA window (``swa_window.start``) lie past it and are left out. Lazy."""
+    end = float(tree.attrs["spec"]["sweep"]["pretrain_epochs"])
+    ds = tree[f"pretrain/{part}"].to_dataset()
+    return ds.isel(epoch=(ds.epoch <= end + 1e-9).values)
+
+
 def solution_weights(tree: xr.DataTree) -> xr.DataArray:
     """Weights of every solution, (plr, seed, solution, param), lazy when the store is.
 
@@ -25,7 +34,7 @@ def solution_weights(tree: xr.DataTree) -> xr.DataArray:
     what each solution is.
     """
     parts, labels, kinds, values = [], [], [], []
-    pt = tree["pretrain/weights"]["weights"]
+    pt = pretrain(tree, "weights")["weights"]
     parts.append(pt.isel(epoch=-1, drop=True).expand_dims(solution=1, axis=2))
     labels.append(label("pt")), kinds.append("pt"), values.append(np.nan)
     if "swa" in tree.children:

@@ -27,7 +27,7 @@ import matplotlib
 import numpy as np
 import xarray as xr
 
-from lrscan.analyze.solutions import default_pairs
+from lrscan.analyze.solutions import default_pairs, pretrain
 from lrscan.errors import LrscanError
 
 
@@ -722,7 +722,7 @@ def two_stage_accuracy(tree: xr.DataTree) -> xr.Dataset:
     if reason:
         raise LrscanError(f"the two-stage figure {reason}")
     switch = tree.attrs["spec"]["sweep"]["pretrain_switch"]
-    pt = tree["pretrain/metrics"]["test_acc"].drop_vars("step", errors="ignore")
+    pt = pretrain(tree)["test_acc"].drop_vars("step", errors="ignore")
     parts = [pt.sel(epoch=switch["epoch"], drop=True), pt.isel(epoch=-1, drop=True)]
     labels = ["stage 1", "stage 2"]
     out = {}

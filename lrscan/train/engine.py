@@ -91,16 +91,18 @@ def project(flat: Tensor, layers: tuple[Layer, ...], radius: float | None) -> Te
     return out
 
 
-def swa_average(window: Tensor, ks, layers: tuple[Layer, ...], radius: float | None) -> Tensor:
-    """SWA solutions: for each k, the uniform mean of the last k rows of ``window`` (..., n, P).
+def swa_average(window: Tensor, members: Sequence[Sequence[int]], layers: tuple[Layer, ...],
+                radius: float | None) -> Tensor:
+    """SWA solutions: for each entry of ``members``, the uniform mean of those rows of
+    ``window`` (..., n, P) (:meth:`lrscan.train.plan.Plan.swa_members` says which).
 
     Means are taken in float64 and put back on the sphere (an SI model only sees the
-    direction); the result is (..., len(ks), P) in float32.  Averaged BatchNorm buffers are
-    placeholders: an average is a constructed point whose statistics are recomputed
+    direction); the result is (..., len(members), P) in float32.  Averaged BatchNorm buffers
+    are placeholders: an average is a constructed point whose statistics are recomputed
     (:meth:`Engine.recompute_bn`) before it is scored.
     """
     w = window.double()
-    means = torch.stack([w[..., -k:, :].mean(-2) for k in ks], -2)
+    means = torch.stack([w[..., list(rows), :].mean(-2) for rows in members], -2)
     return project(means.reshape(-1, means.shape[-1]).float(), layers, radius).reshape(means.shape)
 
 

@@ -6,6 +6,7 @@ that "epoch" in the store is exactly ``step / steps_per_epoch``.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from dataclasses import dataclass
 
@@ -55,6 +56,12 @@ class Plan:
     swa_steps: dict[int, np.ndarray]
     runs: tuple[Run, ...]
 
+    @property
+    def pretrain_end(self) -> int:
+        """The step that ends pre-training proper (``pretrain_epochs``): the PT solution.
+        The pre-training stage runs past it when an SWA window needs continued pre-training."""
+        return _to_step("pretrain_epochs", self.spec.pretrain_epochs, self.steps_per_epoch)
+
     @classmethod
     def build(cls, spec: Spec, n_train: int) -> "Plan":
         if spec.batch_size > n_train:
@@ -69,33 +76,49 @@ class Plan:
         log = step("log_every", spec.log_every)
         ckpt = {step("checkpoint_epochs", e) for e in spec.checkpoint_epochs}
 
-        log_steps, extra, switch = _grid(0, pt_end, log), set(), None
+        base = {0, ft_from, pt_end} | {c for c in ckpt if c <= pt_end}
+        switch = None
         if spec.pretrain_switch is not None:  # its step ends the first stage: always logged and checkpointed
             switch = (step("pretrain_switch.epoch", spec.pretrain_switch["epoch"]), spec.pretrain_switch["plr"])
-            log_steps, extra = np.union1d(log_steps, [switch[0]]), {switch[0]}
-        pretrain = Stage(
-            "pretrain", 0, pt_end, log_steps,
-            np.array(sorted({0, ft_from, pt_end} | extra | {c for c in ckpt if c <= pt_end})),
-            switch,
-        )
+            base.add(switch[0])
+        swa_steps = _swa_steps(spec, sorted(base), step)
+        # Pre-training continues at each run's PLR as far as the SWA windows reach.
+        pt_stop = max([pt_end, *(int(s[-1]) for s in swa_steps.values())])
+        # The end of pre-training proper is always logged, like the switch's step.
+        log_steps = np.union1d(_grid(0, pt_stop, log), [pt_end] + ([switch[0]] if switch is not None else []))
+        window = {int(s) for steps in swa_steps.values() for s in steps}
+        pretrain = Stage("pretrain", 0, pt_stop, log_steps, np.array(sorted(base | window)), switch)
         finetune = Stage(
             "finetune", ft_from, ft_end,
             _grid(ft_from, ft_end, log) if ft_end > ft_from else np.array([], dtype=np.int64),
             np.array(sorted({ft_end} | {c for c in ckpt if ft_from < c <= ft_end})) if ft_end > ft_from
             else np.array([], dtype=np.int64),
         )
-        swa_steps = {}
-        for k in spec.swa:
-            if k > len(pretrain.checkpoint_steps):
-                raise LrscanError(
-                    f"swa = {k} needs {k} pre-training checkpoints, the spec keeps "
-                    f"{len(pretrain.checkpoint_steps)}; add epochs to checkpoint_epochs"
-                )
-            swa_steps[k] = pretrain.checkpoint_steps[-k:]
         runs = tuple(
             Run(i, t, d) for i, (d, t) in enumerate(itertools.product(spec.data_seeds, spec.seeds))
         )
         return cls(spec, spe, pretrain, finetune, swa_steps, runs)
+
+    def swa_members(self, ks=None) -> tuple[np.ndarray, list[np.ndarray]]:
+        """The pre-training checkpoint steps SWA reads, and for each K (``ks``, default the
+        spec's) the positions among them of the checkpoints it averages.
+
+        Raises
+        ------
+        LrscanError
+            When a K needs a checkpoint the plan does not keep.
+        """
+        ks = self.spec.swa if ks is None else tuple(ks)
+        windows = self.swa_steps if ks == self.spec.swa else _swa_steps(
+            dataclasses.replace(self.spec, swa=ks), [int(s) for s in self.pretrain.checkpoint_steps
+                                                     if s <= self.pretrain_end],
+            lambda name, epochs: _to_step(name, epochs, self.steps_per_epoch))
+        steps = np.unique(np.concatenate([windows[k] for k in ks])) if ks else np.array([], dtype=np.int64)
+        missing = np.setdiff1d(steps, self.pretrain.checkpoint_steps)
+        if missing.size:
+            raise LrscanError(f"SWA of {max(ks)} needs the pre-training checkpoint at epoch "
+                              f"{missing[0] / self.steps_per_epoch:g}, which the store does not keep")
+        return steps, [np.searchsorted(steps, windows[k]) for k in ks]
 
     def epochs(self, steps: np.ndarray) -> np.ndarray:
         return np.asarray(steps, dtype=np.float64) / self.steps_per_epoch
@@ -109,6 +132,30 @@ class Plan:
             return [[0.0, stage.stop / spe, "plr"]]
         at, elr = stage.switch
         return [[0.0, at / spe, "plr"], [at / spe, stage.stop / spe, elr]]
+
+
+def _swa_steps(spec: Spec, stored: list[int], step) -> dict[int, np.ndarray]:
+    """The pre-training steps each SWA solution averages, by K (see ``Spec.swa_window``)."""
+    window, out = spec.swa_window, {}
+    for k in spec.swa:
+        if window is None:
+            if k > len(stored):
+                raise LrscanError(
+                    f"swa = {k} needs {k} pre-training checkpoints, the spec keeps {len(stored)}; add epochs "
+                    "to checkpoint_epochs or give an swa_window"
+                )
+            out[k] = np.array(stored[-k:], dtype=np.int64)
+            continue
+        every = step("swa_window.every", window["every"])
+        offsets = every * np.arange(k, dtype=np.int64)
+        if "start" in window:
+            out[k] = step("swa_window.start", window["start"]) + offsets
+        else:
+            out[k] = step("swa_window.stop", window["stop"]) - offsets[::-1]
+            if out[k][0] < 0:
+                raise LrscanError(f"swa = {k} every {window['every']:g} epochs cannot end at swa_window.stop = "
+                                  f"{window['stop']:g}: the window would begin before epoch 0")
+    return out
 
 
 def _to_step(name: str, epochs: float, steps_per_epoch: int) -> int:

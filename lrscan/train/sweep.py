@@ -424,15 +424,17 @@ def _swa_batch(setup: Setup, writer: StoreWriter, batch: Batch) -> None:
     """SWA solutions of every K for a batch of (plr, seed): average, project, evaluate."""
     plan, spec = setup.plan, setup.spec
     todo, batch = batch.todo, batch.runs
-    ks = sorted(plan.swa_steps)
+    ks = spec.swa
     layers = setup.layers
     runs = [plan.runs[s] for _, s in batch]
     data, position = setup.device_data(sorted({r.data_seed for r in runs}))
-    window = np.stack([writer.read_weights("pretrain", idx, plan.swa_steps[ks[-1]]) for idx in batch])
-    flat = swa_average(torch.from_numpy(window), ks, layers, spec.radius).reshape(len(batch) * len(ks), -1)
+    steps, members = plan.swa_members()
+    window = np.stack([writer.read_weights("pretrain", idx, steps) for idx in batch])
+    flat = swa_average(torch.from_numpy(window), members, layers, spec.radius).reshape(len(batch) * len(ks), -1)
     engine = setup.engine(flat)
     which = torch.tensor([position[r.data_seed] for r in runs for _ in ks], device=setup.device)
-    engine.recompute_bn(data.x_train, which)
+    # In batches of the training batch size, as the study's update_bn over its train loader.
+    engine.recompute_bn(data.x_train, which, batch_size=spec.batch_size)
     flat = to_numpy(engine.flat())
     train_loss, train_acc = engine.evaluate(data.x_train, data.y_train, which, EVAL_CHUNK)
     test_loss, test_acc = engine.evaluate(data.x_test, data.y_test, which, EVAL_CHUNK)
