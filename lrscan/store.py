@@ -4,8 +4,8 @@
 
     /                 attrs: lrscan_schema, lrscan_version, torch_version, spec, steps_per_epoch
     /layers           the flat state vector's layout: start, stop, shape, si, trainable, buffer (dim layer)
-    /pretrain/metrics train/test loss and accuracy, weight_norm, grad_norm (plr, seed, epoch);
-                      done, diverged_epoch (plr, seed)
+    /pretrain/metrics train/test loss and accuracy, weight_norm, grad_norm, running train loss
+                      and accuracy (plr, seed, epoch); done, diverged_epoch (plr, seed)
     /pretrain/weights weights (plr, seed, epoch, param) at the checkpoint epochs
     /finetune/...     the same with an flr dimension (plr, flr, seed, ...)
     /swa/metrics      metrics of the SWA solutions (plr, seed, swa); done (plr, seed)
@@ -21,6 +21,7 @@ See store/README.md for the user-facing description.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as _dt
 import json
 import os
@@ -48,6 +49,8 @@ from lrscan.train.engine import Layer
 from lrscan.train.loop import METRICS
 from lrscan.train.plan import Plan
 
+# Adding a metric variable keeps the schema: readers look variables up by name, and a store
+# made before one existed is finished without it (StoreWriter writes the metrics it has).
 SCHEMA_VERSION = 1
 RUN_DIMS = {"pretrain": ("plr", "seed"), "finetune": ("plr", "flr", "seed"), "swa": ("plr", "seed")}
 SWA_METRICS = ("train_loss", "train_acc", "test_loss", "test_acc", "weight_norm")
@@ -317,11 +320,16 @@ class StoreWriter:
         group = await zarr.api.asynchronous.open_group(self.path, mode="r+")
         metrics = await group.getitem(f"{stage}/metrics")
         weights = await group.getitem(f"{stage}/weights/weights")
+        stored = {key async for key in metrics.keys()}
+        # A store made before a metric was added has no variable for it: it keeps what it has,
+        # and each run's checksum covers exactly what is stored (as `verify` reads it back).
+        runs = [dataclasses.replace(run, metrics={n: v for n, v in run.metrics.items() if n in stored})
+                if not stored.issuperset(run.metrics) else run for run in runs]
         names = sorted({name for run in runs for name in run.metrics})
         arrays = {name: await metrics.getitem(name) for name in names}
         writes = [weights.setitem(run.index, run.weights) for run in runs]
         writes += [arrays[name].setitem(run.index, values) for run in runs for name, values in run.metrics.items()]
-        has_diverged = "diverged_epoch" in [key async for key in metrics.keys()]
+        has_diverged = "diverged_epoch" in stored
         if has_diverged:
             diverged = await metrics.getitem("diverged_epoch")
             writes += [diverged.setitem(run.index, run.diverged_epoch) for run in runs]

@@ -7,16 +7,20 @@ the training runs.
 
 from __future__ import annotations
 
-from functools import cached_property
+from functools import cached_property, partial
 
 import numpy as np
 import torch
 import xarray as xr
 
+from lrscan.errors import LrscanError
 from lrscan.spec import Spec
-from lrscan.train.engine import project
+from lrscan.train.engine import batch_norms, project
 from lrscan.train.loop import EVAL_CHUNK
 from lrscan.train.sweep import Setup
+
+# How BatchNorm layers score a point (see Evaluator.evaluate).
+BN_MODES = ("eval", "train")
 
 
 class Evaluator:
@@ -66,9 +70,18 @@ class Evaluator:
         return engine.flat().cpu().numpy()
 
     def evaluate(self, flat: np.ndarray, data_index: np.ndarray,
-                 split: str | tuple[torch.Tensor, torch.Tensor] = "test") -> tuple[np.ndarray, np.ndarray]:
+                 split: str | tuple[torch.Tensor, torch.Tensor] = "test", *, bn_mode: str = "eval",
+                 batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Mean loss and accuracy of each row of ``flat`` (N, P) on ``split``: the name of one
         of :attr:`sets`, or a set of the same form ``(x, y)`` that an analysis derived.
+
+        ``bn_mode="eval"`` scores with each row's BatchNorm statistics, as the trainer scores
+        its runs. ``bn_mode="train"`` scores as the study measures the train error of
+        BatchNorm models: BatchNorm in train mode on the set in order, in batches of
+        ``batch_size`` (default: the spec's training batch size; an incomplete last batch is
+        left out) normalised with their own statistics, which leave the rows' untouched
+        (:meth:`~lrscan.train.engine.Engine.evaluate_train_mode`). For a model without
+        BatchNorm the two modes are the same evaluation.
 
         ``data_index[i]`` is the position of row i's data seed in the store's data seeds (the
         ``seed`` coordinate's ``data_seed`` mapped through ``spec.data_seeds``). Sets with an
@@ -78,6 +91,8 @@ class Evaluator:
 
         Constructed points must pass through :meth:`construct` first.
         """
+        if bn_mode not in BN_MODES:
+            raise LrscanError(f"bn_mode must be one of {', '.join(map(repr, BN_MODES))}, got {bn_mode!r}")
         x, y = self.sets[split] if isinstance(split, str) else split
         flat_t = torch.as_tensor(np.asarray(flat), dtype=torch.float32)
         which = torch.as_tensor(np.array(data_index), dtype=torch.long)
@@ -86,12 +101,17 @@ class Evaluator:
             return np.zeros(shape), np.zeros(shape)
         engine = self.setup.engine(flat_t)
         x, y, which = x.to(self.setup.device), y.to(self.setup.device), which.to(self.setup.device)
+        if bn_mode == "train" and batch_norms(engine.module):
+            size = self.setup.spec.batch_size if batch_size is None else batch_size
+            score = partial(engine.evaluate_train_mode, batch_size=size)
+        else:
+            score = partial(engine.evaluate, chunk=EVAL_CHUNK)
         if y.dim() == 2:
-            loss, acc = engine.evaluate(x, y, which, EVAL_CHUNK)
+            loss, acc = score(x, y, which)
         else:
             k = x.shape[1]  # one set per k: fold (D, K) into D*K datasets, one pass each
             xs, ys = x.reshape(-1, *x.shape[2:]), y.reshape(-1, y.shape[-1])
-            out = [engine.evaluate(xs, ys, which * k + j, EVAL_CHUNK) for j in range(k)]
+            out = [score(xs, ys, which * k + j) for j in range(k)]
             loss, acc = torch.stack([o[0] for o in out], 1), torch.stack([o[1] for o in out], 1)
         finite = torch.isfinite(flat_t).all(1).view(-1, *[1] * (loss.dim() - 1))
         nan = torch.tensor(float("nan"))

@@ -14,7 +14,7 @@ import numpy as np
 import xarray as xr
 
 from lrscan.analyze import analyzer
-from lrscan.analyze.evaluate import Evaluator
+from lrscan.analyze.evaluate import BN_MODES, Evaluator
 from lrscan.analyze.solutions import default_pairs, resolve, si_slices, solution_weights
 from lrscan.errors import LrscanError
 from lrscan.registry import closest
@@ -130,13 +130,15 @@ def angles(tree: xr.DataTree, pairs=None, swa_k: int = 5) -> xr.Dataset:
 
 
 @analyzer("barriers", needs=("pretrain", "finetune"))
-def barriers(tree: xr.DataTree, pairs=None, swa_k: int = 5, n_points: int | None = None) -> xr.Dataset:
+def barriers(tree: xr.DataTree, pairs=None, swa_k: int = 5, n_points: int | None = None,
+             bn_mode: str = "train") -> xr.Dataset:
     """Train and test error barriers on the straight paths between solutions, in percent.
 
     For each (plr, seed) and pair (A, B), the points θ(α) = (1-α) θ_A + α θ_B, rescaled to
-    the sphere, are evaluated on the train and test sets (error = 100 (1 - accuracy)); the
-    barrier of each error curve is :func:`barrier`. This runs the model, so the result is
-    computed, not lazy.
+    the sphere and, for BatchNorm models, with statistics recomputed on the training set,
+    are evaluated on the train and test sets (error = 100 (1 - accuracy)); the barrier of
+    each error curve is :func:`barrier`. The test error is measured in eval mode; the train
+    error as ``bn_mode`` says. This runs the model, so the result is computed, not lazy.
 
     Parameters
     ----------
@@ -149,14 +151,22 @@ def barriers(tree: xr.DataTree, pairs=None, swa_k: int = 5, n_points: int | None
         The SWA solution of the default pairs: the stored K closest to this.
     n_points
         Points per path, ends included. Default: 11 for the synthetic MLP, 21 otherwise.
+    bn_mode
+        How BatchNorm models score the train error: ``"train"`` as the study does (train-mode
+        BatchNorm on the unaugmented training set in order, in batches of the spec's
+        ``batch_size``, each normalised with its own statistics; the points' statistics are
+        not changed), or ``"eval"`` (the recomputed statistics, as the test error). The same
+        for a model without BatchNorm.
 
     Returns
     -------
     xr.Dataset
         ``train_error`` and ``test_error`` (plr, seed, pair, alpha); ``train_barrier`` and
         ``test_barrier`` (plr, seed, pair). NaN where an end of the path was not stored or
-        diverged.
+        diverged. attrs: ``bn_mode``, the mode of the train error.
     """
+    if bn_mode not in BN_MODES:
+        raise LrscanError(f"bn_mode must be one of {', '.join(map(repr, BN_MODES))}, got {bn_mode!r}")
     weights = solution_weights(tree)
     ends_a, ends_b = _pairs(tree, weights.solution.values, pairs, swa_k)
     n_points = _n_points(tree, n_points)
@@ -173,18 +183,19 @@ def barriers(tree: xr.DataTree, pairs=None, swa_k: int = 5, n_points: int | None
     data_index = data_index.transpose("plr", "seed", "pair", "alpha").values.ravel()
     flat = evaluator.construct(points.values.reshape(-1, points.sizes["param"]), data_index)
     out = xr.Dataset(coords={**ends.drop_vars("param").coords, **_pair_coords(ends_a, ends_b), "alpha": alpha})
-    for split in ("train", "test"):
-        _, accuracy = evaluator.evaluate(flat, data_index, split)
+    for split, mode in (("train", bn_mode), ("test", "eval")):
+        _, accuracy = evaluator.evaluate(flat, data_index, split, bn_mode=mode)
         error = 100 * (1 - accuracy.astype(np.float64))
         out[f"{split}_error"] = xr.DataArray(
             error.reshape(points.shape[:-1]), dims=("plr", "seed", "pair", "alpha"),
-            attrs={"units": "%", "description": f"{split} error along the path from pair_a to pair_b"},
+            attrs={"units": "%", "bn_mode": mode,
+                   "description": f"{split} error along the path from pair_a to pair_b"},
         )
     for split in ("train", "test"):
         out[f"{split}_barrier"] = barrier(out[f"{split}_error"]).assign_attrs(
             units="%", description=f"{split} error barrier between pair_a and pair_b"
         )
-    out.attrs = {"units": "%"}
+    out.attrs = {"units": "%", "bn_mode": bn_mode}
     return out
 
 

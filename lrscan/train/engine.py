@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -117,6 +117,19 @@ def loss_and_correct(logits: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     flat = logits.reshape(-1, logits.shape[-1])
     loss = F.cross_entropy(flat.float(), y.reshape(-1), reduction="none").reshape(y.shape)
     return loss, logits.argmax(-1) == y
+
+
+def batch_norms(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """The BatchNorm layers of a module (empty for a model without BatchNorm)."""
+    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+class StepStats(NamedTuple):
+    """What one training step measured for each run, (M,) float32 each."""
+
+    grad_norm: Tensor  # L2 norm of the gradient over the trained group (the SI group on a sphere)
+    loss: Tensor  # mean loss of the run's mini-batch, in the step's own (train-mode) forward pass
+    acc: Tensor  # accuracy on that mini-batch, from the same logits
 
 
 def _expand(v: Tensor, like: Tensor) -> Tensor:
@@ -271,41 +284,50 @@ class Engine:
             return functional_call(self.module, params, (x,)).float()
 
     def _loss(self, params: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
+        return self._loss_and_scores(params, x, y)[0]
+
+    def _loss_and_scores(self, params: dict[str, Tensor], x: Tensor, y: Tensor):
+        """The summed loss to differentiate, and each run's batch loss and accuracy (M,) as aux."""
+        loss, correct = loss_and_correct(self.logits({**params, **self.frozen, **self.buffers}, x), y)
         # Summing the runs' mean losses keeps each run's gradient its own.
-        return loss_and_correct(self.logits({**params, **self.frozen, **self.buffers}, x), y)[0].mean(1).sum()
+        per_run = loss.mean(1)
+        return per_run.sum(), (per_run.detach(), correct.float().mean(1))
 
     # ---- training ------------------------------------------------------------------------
 
-    def _grads(self, params: dict[str, Tensor], x: Tensor, y: Tensor) -> dict[str, Tensor]:
+    def _grads(self, params: dict[str, Tensor], x: Tensor, y: Tensor):
+        """The gradients by name, and the runs' batch (loss, accuracy)."""
         if self.compiled and self.batched:  # dynamo traces the functional form
-            return torch.func.grad(self._loss)(params, x, y)
+            return torch.func.grad(self._loss_and_scores, has_aux=True)(params, x, y)
         # Eager autograd has less per-step overhead than torch.func.grad.
         leaves = {n: p.detach().requires_grad_() for n, p in params.items()}
-        return dict(zip(leaves, torch.autograd.grad(self._loss(leaves, x, y), list(leaves.values()))))
+        total, scores = self._loss_and_scores(leaves, x, y)
+        return dict(zip(leaves, torch.autograd.grad(total, list(leaves.values())))), scores
 
     def _step_all(self, params, state, x, y, lr):
-        grads = self._grads(params, x, y)
+        grads, (loss, acc) = self._grads(params, x, y)
         params, state = self._update(params, grads, state, lr)
-        return params, state, _runs_sq(grads.values()).sqrt()
+        return params, state, _runs_sq(grads.values()).sqrt(), loss, acc
 
-    def step(self, x: Tensor, y: Tensor, elr: Tensor, seeds: Sequence[int] | None = None) -> Tensor:
+    def step(self, x: Tensor, y: Tensor, elr: Tensor, seeds: Sequence[int] | None = None) -> StepStats:
         """One step of every run on its own batch (x (M, B, ...), y (M, B)).
 
         On the run-by-run path the module is in train mode (BatchNorm normalises with the
         batch and updates the run's own running statistics, views of the stacked buffers),
         and ``seeds`` (one per run) seed the global generator before each run's forward pass,
-        so models with dropout are reproducible.  Returns the L2 norm of each run's gradient
-        over its trained group (the SI group on a sphere), (M,).
+        so models with dropout are reproducible.  Returns each run's gradient norm and the
+        loss and accuracy of its batch as this step's forward pass computed them (before the
+        update; train-mode BatchNorm where the model has it), as a :class:`StepStats`.
         """
         if not self.batched:
             self.module.train()
         self._seeds = seeds
         try:
-            self.params, self.opt_state, grad_norm = self._step(self.params, self.opt_state, x, y,
-                                                                elr * self.lr_scale)
+            self.params, self.opt_state, grad_norm, loss, acc = self._step(self.params, self.opt_state, x, y,
+                                                                           elr * self.lr_scale)
         finally:
             self._seeds = None
-        return grad_norm.float()
+        return StepStats(grad_norm.float(), loss.float(), acc.float())
 
     # ---- evaluation ----------------------------------------------------------------------
 
@@ -355,6 +377,53 @@ class Engine:
         return torch.cat(losses)[: self.n_runs], torch.cat(accs)[: self.n_runs]
 
     @torch.no_grad()
+    def evaluate_train_mode(self, x: Tensor, y: Tensor, which: Tensor, batch_size: int) -> tuple[Tensor, Tensor]:
+        """Mean loss and accuracy of each run on its dataset with BatchNorm in train mode.
+
+        As the study measures the train error of BatchNorm models: every run sees its set
+        ``x[which[m]]`` (D, N, ...) in order, in batches of ``batch_size`` that BatchNorm
+        normalises with their own statistics.  The incomplete last batch is left out, as the
+        training loader drops it (a batch of another size is another normalisation).  Running
+        statistics are not changed: each run's are copied before the passes.  Other layers
+        (dropout) stay in eval mode.
+
+        Parameters
+        ----------
+        x, y
+            Inputs (D, N, ...) and labels (D, N), one set per data seed.
+        which
+            The set of each run, (M,).
+        batch_size
+            The training batch size; at most N.
+
+        Returns
+        -------
+        loss, acc : Tensor
+            (M,) float32 each, means over the ``(N // batch_size) * batch_size`` samples.
+        """
+        n = (x.shape[1] // batch_size) * batch_size
+        if n == 0:
+            raise ValueError(f"batch_size = {batch_size} exceeds the {x.shape[1]} samples")
+        self.module.eval()
+        for m in batch_norms(self.module):
+            m.train()
+        # The module's own integer buffers (num_batches_tracked) would count these passes.
+        counters = {name: b.clone() for name, b in self.module.named_buffers() if name not in self.buffers}
+        loss = torch.zeros(self.n_runs, dtype=torch.float64, device=x.device)
+        acc = torch.zeros_like(loss)
+        for i in range(self.n_runs):
+            # Copies: a train-mode BatchNorm writes its running statistics into the buffers it is given.
+            params = {**{name: p[i] for name, p in {**self.params, **self.frozen}.items()},
+                      **{name: b[i].clone() for name, b in self.buffers.items()}, **counters}
+            d = int(which[i])
+            for start in range(0, n, batch_size):
+                batch = slice(start, start + batch_size)
+                batch_loss, correct = loss_and_correct(self._run_logits(params, x[d, batch]), y[d, batch])
+                loss[i] += batch_loss.double().sum()
+                acc[i] += correct.double().sum()
+        return (loss / n).float(), (acc / n).float()
+
+    @torch.no_grad()
     def recompute_bn(self, x: Tensor, which: Tensor, batch_size: int = EVAL_SAMPLES) -> None:
         """Replace every run's BatchNorm statistics by their values over its training set
         ``x[which[m]]`` (D, N, ...), seen in order in batches of ``batch_size`` (train-mode
@@ -365,7 +434,7 @@ class Engine:
         Constructed points — SWA averages, points on a path — need this before they are
         scored (SPEC §5).  A model without BatchNorm is left as it is.
         """
-        norms = [m for m in self.module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        norms = batch_norms(self.module)
         if not norms or not self.buffers:
             return
         momenta = [m.momentum for m in norms]

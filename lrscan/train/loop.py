@@ -2,7 +2,8 @@
 
 Each run has its own data seed, batch order (shared by all runs of the same seed) and
 learning rate; the loop steps them together, evaluates every run on the full train and test
-sets at the logged steps and copies their weights at the checkpoint steps.
+sets at the logged steps (beside the means, over the steps since the previous row, of what the
+steps themselves measured) and copies their weights at the checkpoint steps.
 """
 
 from __future__ import annotations
@@ -20,7 +21,11 @@ from lrscan.train.plan import Stage
 
 # Runs evaluated together; small chunks keep activations in cache (measured fastest on CPU).
 EVAL_CHUNK = 8
-METRICS = ("train_loss", "train_acc", "test_loss", "test_acc", "weight_norm", "grad_norm")
+# Losses, accuracies and weight_norm are evaluations at the logged step (BatchNorm in eval mode);
+# grad_norm and running_train_* are means over the steps since the previous row of what each
+# step measured (in train mode, as the study logs BatchNorm models), NaN at a stage's start.
+METRICS = ("train_loss", "train_acc", "test_loss", "test_acc", "weight_norm", "grad_norm",
+           "running_train_loss", "running_train_acc")
 
 
 @dataclass
@@ -38,9 +43,10 @@ class DeviceData:
 class Snapshot:
     """The state of a stage's M runs at a logged step: enough to continue exactly from there.
 
-    Taken right after a metric row, when the gradient-norm accumulator is empty, so the
-    engine's state (:meth:`Engine.state`), the rows and checkpoints so far and the
-    divergence steps are all there is.
+    Taken right after a metric row, when the accumulators of the per-step means (gradient
+    norm, running train loss and accuracy) are empty, so the engine's state
+    (:meth:`Engine.state`), the rows and checkpoints so far and the divergence steps are all
+    there is.
     """
 
     step: int
@@ -139,15 +145,24 @@ def run_stage(
     weights = np.full((m, len(ckpt_index), engine.flat().shape[1]), np.nan, dtype=np.float32)
     diverged = np.full(m, -1, dtype=np.int64)
     grad_sum = torch.zeros(m, device=device)
+    # Batch loss and accuracy of the steps since the last row; float64, as means over many steps.
+    score_sum = torch.zeros(2, m, dtype=torch.float64, device=device)
     switch_elr = None if stage.switch is None else torch.full_like(elr, stage.switch[1])
     first = stage.start if resume is None else resume.step
-    grad_count, last_reported, last_snapshot = 0, first, time.monotonic()
+    step_count, last_reported, last_snapshot = 0, first, time.monotonic()
     if resume is not None:
         engine.load_state(resume.state)
         metrics, weights, diverged = resume.metrics, resume.weights, resume.diverged
+        # A snapshot written before a metric existed lacks it: its earlier rows stay unknown.
+        metrics = {name: metrics.get(name, np.full((m, len(log_index)), np.nan, dtype=np.float32))
+                   for name in METRICS}
+
+    def mean(total: Tensor) -> Tensor:
+        """A per-step mean since the last row; NaN at the stage's start, where no step was taken."""
+        return total / step_count if step_count else torch.full_like(total, float("nan"))
 
     def record(step: int) -> None:
-        nonlocal grad_sum, grad_count, last_reported, last_snapshot
+        nonlocal grad_sum, score_sum, step_count, last_reported, last_snapshot
         if step in log_index:
             i = log_index[step]
             train_loss, train_acc = engine.evaluate(data.x_train, data.y_train, which_data, eval_chunk)
@@ -155,14 +170,14 @@ def run_stage(
             norm = engine.weight_norm()
             values = {
                 "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc,
-                "weight_norm": norm,
-                "grad_norm": grad_sum / grad_count if grad_count else torch.full_like(grad_sum, float("nan")),
+                "weight_norm": norm, "grad_norm": mean(grad_sum),
+                "running_train_loss": mean(score_sum[0]), "running_train_acc": mean(score_sum[1]),
             }
             for name, value in values.items():
                 metrics[name][:, i] = to_numpy(value)
             newly = ~np.isfinite(to_numpy(norm)) & (diverged < 0)
             diverged[newly] = step
-            grad_sum, grad_count = torch.zeros_like(grad_sum), 0
+            grad_sum, score_sum, step_count = torch.zeros_like(grad_sum), torch.zeros_like(score_sum), 0
             if progress is not None:
                 progress((step - last_reported) * m)
                 last_reported = step
@@ -192,8 +207,10 @@ def run_stage(
         if data.augment is not None:
             x = torch.stack([data.augment(x[i], generator.manual_seed(keys[i])) for i in range(m)])
         rate = elr if switch_elr is None or step < stage.switch[0] else switch_elr
-        grad_sum += engine.step(x, y, rate, keys)
-        grad_count += 1
+        stats = engine.step(x, y, rate, keys)
+        grad_sum += stats.grad_norm
+        score_sum += torch.stack([stats.loss, stats.acc])
+        step_count += 1
         record(step + 1)
     if progress is not None and stage.stop > last_reported:
         progress((stage.stop - last_reported) * m)
