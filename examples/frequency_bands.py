@@ -16,7 +16,8 @@ from lrscan.train.sweep import train
 
 path = Path(sys.argv[1] if len(sys.argv) > 1 else "store/planted-convnet.zarr")
 if not path.exists():
-    shorter = ["plr=[0.001, 0.01, 3.0]", "batch_size=32", "pretrain_epochs=2", "finetune_epochs=1",
+    # Batches of 8: 64 steps, enough for BatchNorm's running statistics to settle.
+    shorter = ["plr=[0.001, 0.01, 3.0]", "batch_size=8", "pretrain_epochs=2", "finetune_epochs=1",
                "finetune_from=2", "swa=[2]", "runs_per_batch=3", "model.width=4", "data.size=8",
                "data.n_train=256", "data.n_test=128"]
     train(load_spec("planted-convnet", overrides=shorter), path)

@@ -124,8 +124,19 @@ def test_band_inputs_filter_in_pixel_space():
     m, s = (torch.tensor(v, dtype=torch.float64)[:, None, None] for v in (mean, std))
     pixels = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     x = (pixels - m) / s
-    inputs = band_inputs(x, (mean, std), band_edges(16))
-    torch.testing.assert_close(inputs * s + m, band_filter(pixels, band_edges(16)), rtol=0, atol=1e-12)
+    bands = band_filter(pixels, band_edges(16))
+    inputs = band_inputs(x, (mean, std), band_edges(16), normalise="all")
+    torch.testing.assert_close(inputs * s + m, bands, rtol=0, atol=1e-12)
+    # The study's evaluation (the default): the background band normalised, the others raw pixels.
+    study = band_inputs(x, (mean, std), band_edges(16))
+    torch.testing.assert_close(study[0], (bands[0] - m) / s, rtol=0, atol=1e-12)
+    torch.testing.assert_close(study[1:], bands[1:], rtol=0, atol=1e-12)
+
+
+def test_band_normalisation_must_be_known():
+    x = torch.zeros(1, 3, 16, 16)
+    with pytest.raises(LrscanError, match="band normalisation must be one of 'study', 'all'"):
+        band_inputs(x, ((0.5,) * 3, (0.2,) * 3), band_edges(16), normalise="some")
 
 
 @pytest.mark.parametrize("size", [2, 3, (1, 32)])

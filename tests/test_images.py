@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lrscan.data import DATASETS
-from lrscan.data.frequency import BAND_NAMES, band_edges, band_filter
+from lrscan.data.frequency import BAND_NAMES, band_edges, band_filter, band_inputs
 from lrscan.data.images import MEAN, STD, crop_flip, make_augment
 from lrscan.data.planted import make_planted
 from lrscan.errors import LrscanError
@@ -236,9 +236,18 @@ def test_planted_shapes_labels_and_normalisation():
     assert data.x_train.shape == (512, 3, 16, 16) and data.x_train.dtype == torch.float32
     assert data.n_classes == 4 and torch.bincount(data.y_train).tolist() == [128] * 4
     torch.testing.assert_close(data.x_train.mean(dim=(0, 2, 3)), torch.zeros(3), rtol=0, atol=1e-5)
-    torch.testing.assert_close(data.x_train.std(dim=(0, 2, 3)), torch.ones(3), rtol=0, atol=1e-4)
+    # Centred, not rescaled: the study's raw band images are then the inputs' band components.
+    assert data.normalization[1] == (1.0, 1.0, 1.0)
     pixels = pixels_of(data.x_test, data.normalization)
+    torch.testing.assert_close(data.x_test, pixels - torch.tensor(data.normalization[0])[:, None, None])
     assert float(pixels.min()) >= -1e-5 and float(pixels.max()) <= 1 + 1e-5
+
+
+def test_planted_band_inputs_of_the_study_sum_to_the_input():
+    """Background normalised plus raw low, mid, high bands = the model's input, for planted data."""
+    data = load("planted", 0, **SMALL_PLANTED)
+    bands = band_inputs(data.x_test, data.normalization, band_edges(16))
+    torch.testing.assert_close(bands.sum(0), data.x_test, rtol=0, atol=1e-5)
 
 
 def nearest_mean_accuracy(train_pixels, y_train, test_pixels, y_test, n_classes):

@@ -1,9 +1,11 @@
 """Which image frequencies a solution relies on (SPEC §5, "Frequency response").
 
 Each test image is split into four band-limited images (background, low, mid, high: L1 radius
-of the centred DFT, filtered in [0, 1] pixel space, then normalised as the model's inputs);
-a solution's accuracy on each band-limited test set says how much it relies on that band.
-The study finds that 2A solutions rely most on mid frequencies.
+of the centred DFT, filtered in [0, 1] pixel space); as in the study's evaluation the
+background band is then normalised like the model's inputs and the low, mid and high bands
+are fed as raw pixels (``normalise="all"`` normalises every band instead). A solution's
+accuracy on each band-limited test set says how much it relies on that band. The study finds
+that 2A solutions rely most on mid frequencies.
 """
 
 from __future__ import annotations
@@ -18,18 +20,18 @@ from lrscan.analyze import analyzer
 from lrscan.analyze.evaluate import Evaluator
 from lrscan.analyze.solutions import label, require_complete, resolve, solution_weights
 from lrscan.data import to_pixels
-from lrscan.data.frequency import BAND_NAMES, LOW_MID, band_edges, band_filter, band_inputs
+from lrscan.data.frequency import BAND_NAMES, LOW_MID, NORMALISE, band_edges, band_filter, band_inputs
 from lrscan.errors import LrscanError
 
 SWEEP = (5, 7, 9, 11, 13, 17)  # low/mid boundaries, in 32×32 units
 
 
-def _band_sets(evaluator: Evaluator, edges) -> tuple[torch.Tensor, torch.Tensor]:
+def _band_sets(evaluator: Evaluator, edges, normalise: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Band-limited test sets of every data seed: x (D, bands, N, C, H, W), y (D, bands, N)."""
     xs, ys = [], []
     for d in evaluator.data_seeds:
         data = evaluator.setup.data[d]
-        xs.append(band_inputs(data.x_test, data.normalization, edges))
+        xs.append(band_inputs(data.x_test, data.normalization, edges, normalise))
         ys.append(data.y_test.expand(len(edges) - 1, -1))
     return torch.stack(xs), torch.stack(ys)
 
@@ -47,7 +49,7 @@ def _solutions(tree: xr.DataTree, swa_k: int) -> list[str]:
 
 @analyzer("frequency", sets=("bands",))
 def frequency(tree: xr.DataTree, low_mid_sweep: Sequence[int] = SWEEP, swa_k: int = 5,
-              n_examples: int = 4) -> xr.Dataset:
+              n_examples: int = 4, normalise: str = "study") -> xr.Dataset:
     """Accuracy of PT, SWA, FT-low and FT-high solutions on band-limited test sets.
 
     Parameters
@@ -61,6 +63,9 @@ def frequency(tree: xr.DataTree, low_mid_sweep: Sequence[int] = SWEEP, swa_k: in
         Which SWA solution to use (the stored K closest to it).
     n_examples
         Test images (of the first data seed) whose band images are kept for display.
+    normalise
+        ``"study"`` (the study's evaluation: only the background band is normalised, low,
+        mid and high are raw pixels) or ``"all"`` (every band normalised like an image).
 
     Returns
     -------
@@ -69,9 +74,12 @@ def frequency(tree: xr.DataTree, low_mid_sweep: Sequence[int] = SWEEP, swa_k: in
         solution)`` on the unfiltered test set; ``sweep_acc(plr, seed, solution, low_mid,
         band)`` for the low and mid bands at each boundary of the sweep; ``band_images(example,
         band, channel, row, col)``, pixel images of a few test images' bands (clipped to
-        [0, 1]) and ``images`` the originals.  attrs: ``edges`` (radii in 32×32 units), ``chance``.
+        [0, 1]) and ``images`` the originals.  attrs: ``edges`` (radii in 32×32 units), ``chance``,
+        ``normalise``.
     """
     require_complete(tree)
+    if normalise not in NORMALISE:
+        raise LrscanError(f"frequency: normalise must be one of {', '.join(map(repr, NORMALISE))}, got {normalise!r}")
     evaluator = Evaluator.of(tree)
     first = evaluator.setup.data[evaluator.data_seeds[0]]
     if first.normalization is None or first.x_test.dim() != 4:
@@ -86,7 +94,7 @@ def frequency(tree: xr.DataTree, low_mid_sweep: Sequence[int] = SWEEP, swa_k: in
     data = evaluator.data_index(tree).broadcast_like(runs).transpose(*runs.dims).values.reshape(-1)
 
     def accuracy(edges_, bands=slice(None)) -> np.ndarray:
-        x, y = _band_sets(evaluator, edges_)
+        x, y = _band_sets(evaluator, edges_, normalise)
         x, y = x[:, bands], y[:, bands]
         return evaluator.evaluate(flat, data, split=(x, y))[1].reshape(*runs.shape, y.shape[1])
 
@@ -105,6 +113,6 @@ def frequency(tree: xr.DataTree, low_mid_sweep: Sequence[int] = SWEEP, swa_k: in
     out["images"] = xr.DataArray(pixels.clamp(0, 1).numpy(), dims=("example", "channel", "row", "col"))
     out["band_images"] = xr.DataArray(band_filter(pixels, edges).clamp(0, 1).transpose(0, 1).numpy(),
                                       dims=("example", "band", "channel", "row", "col"))
-    out.attrs = {"edges": list(edges), "low_mid": LOW_MID, "chance": 1 / first.n_classes,
+    out.attrs = {"edges": list(edges), "low_mid": LOW_MID, "chance": 1 / first.n_classes, "normalise": normalise,
                  "description": "accuracy of solutions on band-limited test sets (L1 radius of the centred DFT)"}
     return out

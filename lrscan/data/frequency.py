@@ -23,12 +23,16 @@ from torch import Tensor
 from lrscan.data import from_pixels, to_pixels
 from lrscan.errors import LrscanError
 
-__all__ = ["BAND_NAMES", "REFERENCE_SIZE", "band_edges", "band_masks", "band_filter", "band_inputs"]
+__all__ = ["BAND_NAMES", "NORMALISE", "REFERENCE_SIZE", "band_edges", "band_masks", "band_filter", "band_inputs"]
 
 BAND_NAMES = ("background", "low", "mid", "high")
 # The image size at which the edges below are the study's.
 REFERENCE_SIZE = 32
 LOW_MID, MID_HIGH, TOP = 9, 25, 33
+# Which band images become normalised model inputs: the study's evaluation normalises the
+# background band (which holds the image's mean) and feeds low, mid and high as raw pixels;
+# "all" normalises every band like a full image.
+NORMALISE = ("study", "all")
 
 
 def band_edges(size: int | tuple[int, int], low_mid: int = LOW_MID) -> tuple[int, ...]:
@@ -140,6 +144,7 @@ def band_inputs(
     x: Tensor,
     normalization: tuple[tuple[float, ...], tuple[float, ...]],
     edges: tuple[int, ...],
+    normalise: str = "study",
 ) -> Tensor:
     """Band-limited versions of normalised model inputs, filtered in pixel space.
 
@@ -151,10 +156,19 @@ def band_inputs(
         The ``(mean, std)`` per channel that produced ``x`` (``Data.normalization``).
     edges
         Band edges (:func:`band_edges`).
+    normalise
+        ``"study"``: the background band (the first) is normalised like ``x`` and the other
+        bands are the raw band-limited pixels, as in the study's evaluation script (the full
+        image is normalised as always). ``"all"``: every band is normalised like ``x``.
 
     Returns
     -------
     Tensor
-        (n_bands, N, C, H, W): each band's pixel image, normalised like ``x``.
+        (n_bands, N, C, H, W): each band's image as the model is fed it.
     """
-    return from_pixels(band_filter(to_pixels(x, normalization), edges), normalization)
+    if normalise not in NORMALISE:
+        raise LrscanError(f"band normalisation must be one of {', '.join(map(repr, NORMALISE))}, got {normalise!r}")
+    bands = band_filter(to_pixels(x, normalization), edges)
+    if normalise == "all":
+        return from_pixels(bands, normalization)
+    return torch.cat([from_pixels(bands[:1], normalization), bands[1:]])

@@ -14,6 +14,14 @@ label, so a model can only be accurate on the test set filtered to that band; cl
 leaks a little of it elsewhere, rarely at the default levels. The patterns, the training
 set and the test set come from separate streams of the data seed, so changing ``n_test``
 leaves the training set as it was.
+
+The model inputs are the pixels centred on the training set's per-channel mean and not
+rescaled (``normalization = (mean, 1)``): the low, mid and high band images that the study's
+evaluation feeds as raw pixels are then exactly the band components of the inputs the model
+was trained on, so the planted band is the one the frequency analysis finds under the study's
+convention, not only when every band is normalised. (The models are SI ConvNets, whose first
+BatchNorm removes the input scale in training: centring without rescaling trains the same
+models.)
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lrscan.data import Data, DatasetEntry
+from lrscan.data import Data, DatasetEntry, from_pixels
 from lrscan.data.frequency import BAND_NAMES, band_edges, band_filter
 from lrscan.errors import LrscanError
 from lrscan.spec import integer, number, seeds_list
@@ -113,17 +121,15 @@ def _generator_options(options: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def load(options: Mapping[str, Any], data_seed: int) -> Data:
-    """Build the dataset; normalised with the training set's per-channel mean and std."""
+    """Build the dataset; inputs are pixels centred on the training set's per-channel mean."""
     kwargs = _generator_options(options)
     x_train, y_train = make_planted(data_seed, options["n_train"], stream="train", **kwargs)
     x_test, y_test = make_planted(data_seed, options["n_test"], stream="test", **kwargs)
-    mean = x_train.mean(dim=(0, 2, 3), dtype=torch.float64)
-    std = x_train.std(dim=(0, 2, 3)).double().clamp_min(1e-12)
-    as_input = lambda x: ((x - mean[:, None, None]) / std[:, None, None]).float()  # noqa: E731
+    normalization = (tuple(x_train.mean(dim=(0, 2, 3), dtype=torch.float64).tolist()), (1.0,) * x_train.shape[1])
     return Data(
-        as_input(x_train), y_train, as_input(x_test), y_test,
+        from_pixels(x_train, normalization), y_train, from_pixels(x_test, normalization), y_test,
         n_classes=options["n_classes"],
-        normalization=(tuple(mean.tolist()), tuple(std.tolist())),
+        normalization=normalization,
     )
 
 
