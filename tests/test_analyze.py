@@ -60,7 +60,7 @@ def test_swa_analyzer_reproduces_the_trainers_swa(trained_small):
     one = tree.lrscan.swa(ks=[1])  # SWA of the last iterate alone is that iterate
     np.testing.assert_allclose(one.test_loss.isel(swa=0).values,
                                tree["pretrain/metrics"]["test_loss"].isel(epoch=-1).values, rtol=1e-5)
-    with pytest.raises(LrscanError, match="between 1 and the 5 stored"):
+    with pytest.raises(LrscanError, match="swa = 6 needs 6 pre-training checkpoints, the spec keeps 5"):
         tree.lrscan.swa(ks=[6])
 
 
