@@ -26,10 +26,11 @@ import torch
 from torch import Tensor
 
 from lrscan.data import Data, DatasetEntry, from_pixels, to_pixels
+from lrscan.data.randaugment import rand_augment
 from lrscan.errors import LrscanError
 from lrscan.spec import integer, string
 
-__all__ = ["CIFAR10", "CIFAR100", "MEAN", "STD", "AUGMENTS", "crop_flip", "rand_augment", "make_augment"]
+__all__ = ["CIFAR10", "CIFAR100", "MEAN", "STD", "AUGMENTS", "crop_flip", "rand_augment_normalised", "make_augment"]
 
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2023, 0.1994, 0.2010)
@@ -243,42 +244,31 @@ def crop_flip(x: Tensor, generator: torch.Generator, fill: Tensor | float = 0.0,
     return out.permute(0, 3, 1, 2).contiguous()
 
 
-@functools.cache
-def _rand_augment():
-    from torchvision.transforms import v2
+def rand_augment_normalised(
+    x: Tensor, generator: torch.Generator, normalization: tuple[tuple[float, ...], tuple[float, ...]]
+) -> Tensor:
+    """The study's RandAugment(2, 14) on a normalised batch, on its device, drawn from ``generator``.
 
-    return v2.RandAugment(num_ops=RANDAUGMENT[0], magnitude=RANDAUGMENT[1])
-
-
-def rand_augment(x: Tensor, generator: torch.Generator, normalization: tuple[tuple[float, ...], tuple[float, ...]]) -> Tensor:
-    """RandAugment(2, 14) on each image of a normalised batch, drawn from ``generator``.
-
-    The images are turned back into 8-bit pixels (what RandAugment sees on PIL images),
-    transformed one by one on the CPU under torch's global RNG forked and seeded from one
-    draw of ``generator``, and normalised again; the same generator state gives the same
-    batch.
+    The images are turned back into the 8-bit pixels the study augmented, augmented by
+    :func:`lrscan.data.randaugment.rand_augment`, and normalised again; the same generator
+    state gives the same batch.
 
     Parameters
     ----------
     x
         Normalised images (B, 3, H, W) on any device.
     generator
-        Source of the seed of the per-image draws.
+        Source of every random choice, on the device of ``x``.
     normalization
         The per-channel ``(mean, std)`` of ``x``.
 
     Returns
     -------
     Tensor
-        (B, 3, H, W), normalised, on the device of ``x``.
+        (B, 3, H, W), normalised, with the dtype and device of ``x``.
     """
-    pixels = (to_pixels(x, normalization).clamp(0, 1) * 255).round().to(torch.uint8).cpu()
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
-    transform = _rand_augment()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        out = torch.stack([transform(image) for image in pixels])
-    return from_pixels(out.to(x.device, x.dtype) / 255, normalization)
+    pixels = (to_pixels(x, normalization).clamp(0, 1) * 255).round()
+    return from_pixels(rand_augment(pixels, generator, *RANDAUGMENT) / 255, normalization)
 
 
 def make_augment(
@@ -290,7 +280,8 @@ def make_augment(
     ----------
     kind
         ``"none"``, ``"crop-flip"`` (random crop with 4 pixels of black padding and a
-        horizontal flip) or ``"randaugment"`` (RandAugment(2, 14), then crop and flip).
+        horizontal flip) or ``"randaugment"`` (the study's RandAugment(2, 14),
+        :func:`rand_augment_normalised`, then crop and flip).
     normalization
         The per-channel ``(mean, std)`` of the inputs the function will receive.
     """
@@ -303,7 +294,7 @@ def make_augment(
     if kind == "crop-flip":
         return lambda x, generator: crop_flip(x, generator, black(x))
     if kind == "randaugment":
-        return lambda x, generator: crop_flip(rand_augment(x, generator, normalization), generator, black(x))
+        return lambda x, generator: crop_flip(rand_augment_normalised(x, generator, normalization), generator, black(x))
     raise LrscanError(f"unknown augmentation {kind!r}; known: {', '.join(AUGMENTS)}")
 
 
