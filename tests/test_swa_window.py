@@ -125,3 +125,6 @@ def test_swa_batchnorm_statistics_are_recomputed_in_training_batches(tmp_path_fa
         if layer.buffer:
             np.testing.assert_allclose(stored[layer.start:layer.stop], dict(module.named_buffers())[layer.name]
                                        .reshape(-1).numpy(), rtol=1e-4, atol=1e-5, err_msg=layer.name)
+    # The analyses' constructed points get their statistics the same way (Evaluator.construct).
+    result = swa(tree)
+    np.testing.assert_allclose(result.train_loss.values, tree["swa/metrics"]["train_loss"].values, rtol=1e-5)

@@ -59,14 +59,16 @@ class Evaluator:
         """Make constructed points (averages, points on a path) valid states, (N, P).
 
         Puts each row's SI group back on the sphere and, for BatchNorm models, recomputes its
-        statistics on its unaugmented training set (SPEC §5), with the trainer's code.
+        statistics on its unaugmented training set (SPEC §5) in batches of the training batch
+        size, with the trainer's code (as the trainer's SWA and the study's ``update_bn``).
         """
         flat_t = project(torch.as_tensor(np.asarray(flat), dtype=torch.float32), self.layers, self.radius)
         if not any(layer.buffer for layer in self.layers) or flat_t.shape[0] == 0:
             return flat_t.numpy()
         x, _ = self.sets["train"]
         engine = self.setup.engine(flat_t)
-        engine.recompute_bn(x.to(self.setup.device), torch.as_tensor(np.array(data_index)))
+        engine.recompute_bn(x.to(self.setup.device), torch.as_tensor(np.array(data_index)),
+                            batch_size=self.setup.spec.batch_size)
         return engine.flat().cpu().numpy()
 
     def evaluate(self, flat: np.ndarray, data_index: np.ndarray,
