@@ -91,12 +91,13 @@ DATASETS: Registry[DatasetEntry] = Registry("dataset", "lrscan.datasets")
 
 
 def _register_builtins() -> None:
-    from lrscan.data import images, planted, ticks_dataset
+    from lrscan.data import files, images, planted, ticks_dataset
 
     DATASETS.register("ticks", ticks_dataset.ENTRY)
     DATASETS.register("cifar10", images.CIFAR10_ENTRY)
     DATASETS.register("cifar100", images.CIFAR100_ENTRY)
     DATASETS.register("planted", planted.ENTRY)
+    DATASETS.register("files", files.ENTRY)
 
 
 _register_builtins()
