@@ -63,14 +63,18 @@ def train(preset, config, store, overrides, sequential, workers, scheduler) -> N
 @click.option("--workers", type=click.IntRange(min=1), metavar="N",
               help="Compute the lazy analyses on a local dask cluster of N worker processes.")
 @click.option("--scheduler", metavar="ADDRESS", help="Compute them on an existing dask cluster.")
+@click.option("--set", "settings", metavar="NAME.OPTION=VALUE", multiple=True,
+              help="An analyzer option (TOML value), e.g. --set barriers.n_points=5. Repeatable.")
 @user_errors
-def analyze(store, only, workers, scheduler) -> None:
+def analyze(store, only, workers, scheduler, settings) -> None:
     """Compute every analysis that applies to a finished store, into /analysis/<name>.
 
     Results already stored for the same store and options are kept, so a second run
-    does no work. Training data is never rewritten.
+    does no work; a result computed with other options is recomputed. Training data is
+    never rewritten.
     """
     from lrscan.analyze.run import analyze as run_analysis
+    from lrscan.analyze.run import parse_options
 
     path = store or default_store(None, None)
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
@@ -82,7 +86,7 @@ def analyze(store, only, workers, scheduler) -> None:
     if workers and scheduler:
         raise UserError("give either --workers or --scheduler, not both")
     with cluster_client(workers, scheduler):  # dask sends lazy work to the active client
-        status = run_analysis(path, only or None, progress=show)
+        status = run_analysis(path, only or None, options=parse_options(settings), progress=show)
     computed = sum(s == "computed" for s in status.values())
     click.echo(f"{computed} of {len(status)} analyses computed in {time.perf_counter() - start:.1f} s; "
                f"results under {path}/analysis", err=True)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import collections.abc
 import hashlib
 import inspect
 import json
 import os
 import time
-from typing import Callable, Iterable
+import tomllib
+import types
+import typing
+from typing import Any, Callable, Iterable, Mapping
 
 import xarray as xr
 import zarr
@@ -16,6 +20,7 @@ import lrscan
 from lrscan.analyze import ANALYZERS
 from lrscan.analyze.solutions import require_complete
 from lrscan.errors import LrscanError
+from lrscan.registry import closest
 from lrscan.store import open_store
 
 
@@ -23,9 +28,7 @@ def fingerprint(tree: xr.DataTree, name: str, options: dict) -> str:
     """What a persisted result depends on: the store, the analyzer, its options, lrscan, and the
     persisted results it reads (so it is recomputed when they are)."""
     stored = tree["analysis"].children if "analysis" in tree.children else {}
-    # The effective options, defaults included: a changed default makes results stale.
-    params = inspect.signature(ANALYZERS[name].func).parameters.values()
-    options = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty} | options
+    options = effective_options(name, options)
     key = {
         "store_created": tree.attrs.get("created"),
         "spec": tree.attrs["spec"],
@@ -35,6 +38,159 @@ def fingerprint(tree: xr.DataTree, name: str, options: dict) -> str:
         "inputs": {dep: stored[dep].attrs.get("lrscan_fingerprint") for dep in ANALYZERS[name].after if dep in stored},
     }
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def effective_options(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """Every option of analyzer ``name``: its defaults, then ``options`` over them. A result
+    depends on these, defaults included (a changed default makes results stale)."""
+    params = _parameters(ANALYZERS[name].func)
+    return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty} | dict(options)
+
+
+def _parameters(func: Callable) -> list[inspect.Parameter]:
+    """The options of an analyzer function: its parameters after the tree."""
+    return list(inspect.signature(func).parameters.values())[1:]
+
+
+def parse_option(item: str) -> tuple[str, str, Any]:
+    """Split ``NAME.OPTION=VALUE`` into (analyzer, option, value).
+
+    The value is read as a TOML value (``5``, ``"all"``, ``[["ft_low", "swa=5"]]``), or as a
+    bare string when it is not one, as the spec's ``--set`` reads its values.
+    """
+    name, sep, raw = item.partition("=")
+    analyzer, dot, option = name.strip().partition(".")
+    if not sep or not dot or not analyzer or not option:
+        raise LrscanError(f"--set expects ANALYZER.OPTION=VALUE (e.g. barriers.n_points=5), got {item!r}")
+    raw = raw.strip()
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return analyzer, option.strip(), value
+
+
+def parse_options(items: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """``NAME.OPTION=VALUE`` strings as ``{analyzer: {option: value}}`` (a later one wins)."""
+    options: dict[str, dict[str, Any]] = {}
+    for item in items:
+        analyzer, option, value = parse_option(item)
+        options.setdefault(analyzer, {})[option] = value
+    return options
+
+
+def check_options(options: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Check analyzer options against the analyzers' signatures.
+
+    Parameters
+    ----------
+    options
+        ``{analyzer: {option: value}}``.
+
+    Returns
+    -------
+    dict
+        The same options, with whole numbers given for a float option made floats (so that
+        ``window=20`` and the default ``20.0`` are one result).
+
+    Raises
+    ------
+    LrscanError
+        For an unknown analyzer or option (naming the closest), or a value whose type the
+        option's annotation rules out.
+    """
+    checked: dict[str, dict[str, Any]] = {}
+    for name, given in options.items():
+        func = ANALYZERS[name].func  # an unknown analyzer raises, naming the closest
+        params = {p.name: p for p in _parameters(func)
+                  if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}
+        open_ended = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in _parameters(func))
+        try:
+            hints = typing.get_type_hints(func)
+        except Exception:  # a plugin's annotation lrscan cannot resolve: the analyzer checks its values
+            hints = {}
+        checked[name] = {}
+        for option, value in given.items():
+            if option not in params and not open_ended:
+                known = ", ".join(params) or "none"
+                raise LrscanError(f"unknown option {option!r} of analyzer {name!r}{closest(option, params)}; "
+                                  f"its options: {known}")
+            hint = hints.get(option, Any)
+            try:
+                checked[name][option] = _fit(value, hint)
+            except TypeError:
+                raise LrscanError(f"{name}.{option} must be {_describe(hint)}, got {value!r}") from None
+    return checked
+
+
+def _fit(value: Any, hint: Any) -> Any:
+    """``value`` as an option annotated ``hint`` takes it; TypeError when the hint rules it out.
+
+    Only the types a TOML value can have are checked; any other annotation passes the value on.
+    """
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any or hint is inspect.Parameter.empty:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        exact = [a for a in args if _is(value, a)]  # an int stays an int where int is allowed
+        for arg in exact + [a for a in args if a not in exact]:
+            try:
+                return _fit(value, arg)
+            except TypeError:
+                continue
+        raise TypeError
+    if hint is type(None):
+        if value is None:
+            return value
+        raise TypeError
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (bool, int, float, str):
+        if _is(value, hint):
+            return value
+        raise TypeError
+    if origin in (list, tuple, collections.abc.Sequence, collections.abc.Iterable):
+        if not isinstance(value, list):
+            raise TypeError
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(args) != len(value):
+                raise TypeError
+            return [_fit(v, a) for v, a in zip(value, args)]
+        return [_fit(v, args[0]) for v in value] if args else value
+    if origin in (dict, collections.abc.Mapping):
+        if not isinstance(value, dict):
+            raise TypeError
+        return value
+    if isinstance(hint, type) and not isinstance(value, hint):  # e.g. a Dataset, which no TOML value is
+        raise TypeError
+    return value
+
+
+def _is(value: Any, hint: Any) -> bool:
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint in (int, float):
+        return isinstance(value, hint) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    return hint is type(None) and value is None
+
+
+_NAMES = {bool: ("true or false", "true/false values"), int: ("a whole number", "whole numbers"),
+          float: ("a number", "numbers"), str: ("a string", "strings")}
+
+
+def _describe(hint: Any, plural: bool = False) -> str:
+    """An annotation in words, for messages: ``int | None`` is "a whole number"."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a, plural) for a in args if a is not type(None))
+    if hint in _NAMES:
+        return _NAMES[hint][plural]
+    if origin in (list, tuple, collections.abc.Sequence, collections.abc.Iterable):
+        return "lists" if plural else "a list" + (f" of {_describe(args[0], True)}" if args and args[0] is not Any else "")
+    text = hint.__name__ if isinstance(hint, type) else str(hint)
+    return text.replace("typing.", "").replace("collections.abc.", "")
 
 
 def plan_analyzers(tree: xr.DataTree, only: Iterable[str] | None = None) -> list[str]:
@@ -68,13 +224,15 @@ def analyze(
     store: str | os.PathLike,
     only: Iterable[str] | None = None,
     *,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
     progress: Callable[[str, str, float], None] | None = None,
 ) -> dict[str, str]:
     """Compute and persist analyzers over a finished store.
 
     Results already stored for the same store, options and lrscan version are kept as
-    they are. Training data is never written: results go to ``/analysis/<name>`` only, and
-    each is marked complete (its fingerprint) after its data.
+    they are; a result computed with other options is recomputed. Training data is never
+    written: results go to ``/analysis/<name>`` only, and each is marked complete (its
+    fingerprint, which covers its options) after its data.
 
     Parameters
     ----------
@@ -83,6 +241,10 @@ def analyze(
     only
         Analyzer names (default: every analyzer that applies to the store, except the
         expensive extras registered with ``default=False``, such as ``sharpness``).
+    options
+        ``{analyzer: {option: value}}``: keyword arguments of the analyzers that run (see
+        :func:`check_options`), e.g. ``{"barriers": {"n_points": 5}}``. An option of an
+        analyzer that does not run is an error.
     progress
         Called as ``progress(name, status, seconds)`` with status "computed" or "up to date".
 
@@ -91,24 +253,40 @@ def analyze(
     dict
         Status of each analyzer run.
     """
+    options = check_options(options or {})
     tree = open_store(store)
     require_complete(tree)
+    names = plan_analyzers(tree, only)
+    for name in options:
+        if name not in names:
+            raise LrscanError(f"options given for analyzer {name!r}, which does not run: {_why_not(tree, name, only)}")
     status = {}
-    for name in plan_analyzers(tree, only):
+    for name in names:
         start = time.perf_counter()
-        key = fingerprint(tree, name, {})
+        key = fingerprint(tree, name, options.get(name, {}))
         stored = tree["analysis"].children if "analysis" in tree.children else {}
         if name in stored and stored[name].attrs.get("lrscan_fingerprint") == key:
             status[name] = "up to date"
         else:
-            result = ANALYZERS[name](tree)
-            result.attrs = {**result.attrs, "lrscan_analyzer": name}
+            result = ANALYZERS[name](tree, **options.get(name, {}))
+            # The options beside the result, for readers; the fingerprint is what decides.
+            used = json.dumps(effective_options(name, options.get(name, {})), sort_keys=True, default=str)
+            result.attrs = {**result.attrs, "lrscan_analyzer": name, "lrscan_options": used}
             persist(store, name, result, key)
             tree = open_store(store)  # later analyzers may read this result
             status[name] = "computed"
         if progress is not None:
             progress(name, status[name], time.perf_counter() - start)
     return status
+
+
+def _why_not(tree: xr.DataTree, name: str, only: Iterable[str] | None) -> str:
+    missing = ANALYZERS[name].missing(tree)
+    if missing:
+        return f"it {missing}"
+    if only:
+        return "it is not among the analyzers asked for (--only)"
+    return "it runs only on request (--only)"
 
 
 def persist(store: str | os.PathLike, name: str, result: xr.Dataset, key: str) -> None:
