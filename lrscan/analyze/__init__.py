@@ -81,7 +81,7 @@ def analyzer(name: str, *, needs: tuple[str, ...] = ("pretrain",), after: tuple[
 
 
 def _register_builtins() -> None:
-    from lrscan.analyze import convergence, features, frequency, geometry, metrics, regimes, sharpness  # noqa: F401
+    from lrscan.analyze import convergence, features, frequency, geometry, grad_norms, metrics, regimes, sharpness  # noqa: F401
 
 
 _register_builtins()
