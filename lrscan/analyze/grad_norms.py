@@ -21,7 +21,7 @@ from lrscan.analyze.evaluate import BN_MODES, Evaluator
 from lrscan.analyze.solutions import label, require_complete, resolve, solution_weights
 from lrscan.errors import LrscanError
 from lrscan.registry import closest
-from lrscan.train.engine import batch_norms, loss_and_correct
+from lrscan.train.engine import Engine, batch_norms, loss_and_correct
 
 SPLITS = ("train", "test")
 # Float32 weights held at once (64 MiB): a block of solutions, whatever their number.
@@ -80,7 +80,8 @@ def solution_grad_norm(tree: xr.DataTree, solutions: Sequence[str] | None = None
     weights = weights.transpose("plr", "seed", "solution", "param")
     evaluator = Evaluator.of(tree)
     size = evaluator.setup.spec.batch_size if batch_size is None else int(batch_size)
-    x, y = evaluator.sets[split]
+    # On the device once, not once per block.
+    x, y = (t.to(evaluator.setup.device) for t in evaluator.sets[split])
     starts = _batch_starts(x.shape[1], size, drop_last, split)
     runs = weights.isel(param=0, drop=True)
     data = evaluator.data_index(tree).broadcast_like(runs).transpose(*runs.dims).values.ravel()
@@ -179,25 +180,33 @@ def measure(evaluator: Evaluator, flat: np.ndarray, data_index: np.ndarray,
     own = {n: b for n, b in module.named_buffers() if n not in engine.buffers} if not engine.batched else {}
     n_used = sum(min(start + batch_size, x.shape[1]) - start for start in starts)
     results = []
-    for rows in groups:
-        rows = rows.to(setup.device)
-        trained = {n: p[rows].detach() for n, p in engine.params.items()}
-        # Indexing copies the buffers: a train-mode BatchNorm writes its running statistics into
-        # the tensors it is given, and these copies are thrown away.
-        fixed = {**{n: p[rows] for n, p in engine.frozen.items()}, **{n: b[rows] for n, b in engine.buffers.items()},
-                 **{n: b.reshape(1).repeat(len(rows)) for n, b in own.items()}}
-        norms = torch.zeros(len(rows), dtype=torch.float64, device=setup.device)
-        loss_sum, correct = torch.zeros_like(norms), torch.zeros_like(norms)
-        for start in starts:
-            batch = slice(start, start + batch_size)
-            leaves = {n: p.clone().requires_grad_() for n, p in trained.items()}
-            logits = engine.logits({**leaves, **fixed}, x[which[rows], batch])
-            loss, right = loss_and_correct(logits, y[which[rows], batch])
-            # The sum of each run's mean loss: each run's gradient is its own batch's.
-            grads = torch.autograd.grad(loss.mean(1).sum(), list(leaves.values()))
-            norms += sum(g.reshape(len(rows), -1).double().square().sum(1) for g in grads).sqrt()
-            loss_sum += loss.detach().double().sum(1)
-            correct += right.double().sum(1)
-        results.append(torch.stack([norms / len(starts), loss_sum / n_used, correct / n_used]).cpu().numpy())
+    with torch.enable_grad():  # also when called under torch.no_grad()
+        for rows in groups:
+            results.append(_measure_runs(engine, rows.to(setup.device), own, x, y, which, starts, batch_size, n_used))
     out[:, finite] = np.concatenate(results, axis=1)
     return out
+
+
+def _measure_runs(engine: Engine, rows: torch.Tensor, own: dict[str, torch.Tensor], x: torch.Tensor,
+                  y: torch.Tensor, which: torch.Tensor, starts: Sequence[int], batch_size: int,
+                  n_used: int) -> np.ndarray:
+    """(3, len(rows)): mean gradient norm, loss and accuracy of the engine's runs ``rows``,
+    one backward per mini-batch for all of them."""
+    trained = {n: p[rows].detach() for n, p in engine.params.items()}
+    # Indexing copies the buffers: a train-mode BatchNorm writes its running statistics into
+    # the tensors it is given, and these copies are thrown away.
+    fixed = {**{n: p[rows] for n, p in engine.frozen.items()}, **{n: b[rows] for n, b in engine.buffers.items()},
+             **{n: b.reshape(1).repeat(len(rows)) for n, b in own.items()}}
+    norms = torch.zeros(len(rows), dtype=torch.float64, device=x.device)
+    loss_sum, correct = torch.zeros_like(norms), torch.zeros_like(norms)
+    for start in starts:
+        batch = slice(start, start + batch_size)
+        leaves = {n: p.clone().requires_grad_() for n, p in trained.items()}
+        logits = engine.logits({**leaves, **fixed}, x[which[rows], batch])
+        loss, right = loss_and_correct(logits, y[which[rows], batch])
+        # The sum of each run's mean loss: each run's gradient is its own batch's.
+        grads = torch.autograd.grad(loss.mean(1).sum(), list(leaves.values()))
+        norms += sum(g.reshape(len(rows), -1).double().square().sum(1) for g in grads).sqrt()
+        loss_sum += loss.detach().double().sum(1)
+        correct += right.double().sum(1)
+    return torch.stack([norms / len(starts), loss_sum / n_used, correct / n_used]).cpu().numpy()
