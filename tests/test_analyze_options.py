@@ -43,8 +43,8 @@ def test_options_are_checked_against_the_signature():
     assert check_options({"barriers": {"n_points": 5, "pairs": [["ft_low", "ft_high"]]}})["barriers"]["n_points"] == 5
     with pytest.raises(LrscanError, match=r"unknown analyzer 'barrier' \(did you mean 'barriers'\?\)"):
         check_options({"barrier": {"n_points": 5}})
-    with pytest.raises(LrscanError, match=r"unknown option 'n_point' of analyzer 'barriers' \(did you mean 'n_points'\?\); "
-                                          r"its options: pairs, swa_k, n_points, bn_mode"):
+    with pytest.raises(LrscanError, match=r"unknown option 'n_point' of analyzer 'barriers' \(did you mean "
+                                          r"'n_points'\?\); its options: pairs, swa_k, n_points, bn_mode"):
         check_options({"barriers": {"n_point": 5}})
     with pytest.raises(LrscanError, match="barriers.n_points must be a whole number, got 'many'"):
         check_options({"barriers": {"n_points": "many"}})
@@ -95,15 +95,17 @@ def test_bad_options_are_one_line_errors_that_change_nothing(store, digest):
     before = digest(store)
     cases = [
         (["--set", "barrier.n_points=5"], r"unknown analyzer 'barrier' \(did you mean 'barriers'\?\)"),
-        (["--set", "barriers.n_point=5"], r"unknown option 'n_point' of analyzer 'barriers' \(did you mean 'n_points'\?\)"),
+        (["--set", "barriers.n_point=5"],
+         r"unknown option 'n_point' of analyzer 'barriers' \(did you mean 'n_points'\?\)"),
         (["--set", "barriers.n_points=many"], r"barriers.n_points must be a whole number, got 'many'"),
         (["--set", "n_points=5"], r"--set expects ANALYZER.OPTION=VALUE"),
         (["--set", "barriers.n_points"], r"--set expects ANALYZER.OPTION=VALUE"),
         (["--only", "metrics", "--set", "barriers.n_points=5"],
          r"options given for analyzer 'barriers', which does not run: it is not among the analyzers asked for"),
-        (["--set", "sharpness.n_samples=4"], r"options given for analyzer 'sharpness', which does not run: it runs only "
-                                              r"on request"),
-        (["--set", "frequency.normalise=all"], r"analyzer 'frequency', which does not run: it needs the bands evaluation sets"),
+        (["--set", "sharpness.n_samples=4"],
+         r"options given for analyzer 'sharpness', which does not run: it runs only on request"),
+        (["--set", "frequency.normalise=all"],
+         r"analyzer 'frequency', which does not run: it needs the bands evaluation sets"),
         (["--only", "barriers", "--set", "barriers.bn_mode=batch"], r"bn_mode must be one of 'eval', 'train'"),
     ]
     for args, pattern in cases:

@@ -148,7 +148,8 @@ def _load_pt(file: str) -> dict[str, Any]:
     except pickle.UnpicklingError as err:
         refused = re.search(r"unsupported global:? GLOBAL ([\w.]+)", str(err), re.IGNORECASE)
         if refused is None:
-            raise LrscanError(f"data file {file} is not a readable .pt file (not a torch.save file, or damaged)") from None
+            raise LrscanError(f"data file {file} is not a readable .pt file (not a torch.save file, or damaged)") \
+                from None
         hint = ("numpy arrays: save torch tensors, or an .npz archive" if refused.group(1).startswith("numpy")
                 else "save a dict of tensors")
         raise LrscanError(f"data file {file} holds objects that torch's safe loader refuses ({refused.group(1)}); "
@@ -217,7 +218,8 @@ def _check(arrays: Mapping[str, Any], file: str, n_classes: int, digest: str) ->
     largest = int(max(t["y_train"].max(), t["y_test"].max()))
     if n_classes and largest >= n_classes:
         split = "train" if int(t["y_train"].max()) >= n_classes else "test"
-        raise LrscanError(f"y_{split} of data file {file} has the label {largest}, outside data.n_classes = {n_classes}")
+        raise LrscanError(f"y_{split} of data file {file} has the label {largest}, outside data.n_classes = "
+                          f"{n_classes}")
     classes = n_classes or largest + 1
     if classes < 2:
         raise LrscanError(f"the labels of data file {file} take one class only; a classifier needs at least 2")
@@ -319,7 +321,8 @@ def validate(options: dict[str, Any]) -> dict[str, Any]:
         shapes.add((tuple(contents.x_train.shape[1:]), contents.n_classes))
         digests.append(contents.sha256)
     if len(shapes) > 1:
-        raise LrscanError(f"the files of data.path {path} differ in input shape or number of classes between data seeds")
+        raise LrscanError(f"the files of data.path {path} differ in input shape or number of classes between "
+                          "data seeds")
     options["sha256"] = digests
     return options
 
