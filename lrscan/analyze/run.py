@@ -188,7 +188,9 @@ def _describe(hint: Any, plural: bool = False) -> str:
     if hint in _NAMES:
         return _NAMES[hint][plural]
     if origin in (list, tuple, collections.abc.Sequence, collections.abc.Iterable):
-        return "lists" if plural else "a list" + (f" of {_describe(args[0], True)}" if args and args[0] is not Any else "")
+        if plural:
+            return "lists"
+        return "a list" + (f" of {_describe(args[0], True)}" if args and args[0] is not Any else "")
     text = hint.__name__ if isinstance(hint, type) else str(hint)
     return text.replace("typing.", "").replace("collections.abc.", "")
 
