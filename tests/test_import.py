@@ -34,14 +34,21 @@ def state_dict(flat, layers):
 
 
 def wrap(kind, state, scores, module):
-    """One checkpoint in one of the wrappers people save: the metrics beside the weights."""
-    res = lambda split, scale: {"loss": scores[f"{split}_loss"], "accuracy": scores[f"{split}_acc"] * scale}  # noqa: E731
+    """One checkpoint in one of the wrappers people save: the metrics beside the weights.
+
+    Accuracies are in percent in every file of a folder, as the study's scripts store them
+    (the unit is decided once per store). The train metrics are full-set evaluations, so
+    they go under the plain names, not in a ``train_res`` dict (the study's running means).
+    """
     if kind == "plain":  # a bare state dict: no metrics
         return state
-    if kind == "state_dict":  # accuracy in percent, as some training scripts store it
-        return {"state_dict": state, "train_res": res("train", 100), "test_res": res("test", 100), "epoch": 3}
+    scores = {k: v * 100 if k.endswith("_acc") else v for k, v in scores.items()}
+    train = {k: scores[k] for k in ("train_loss", "train_acc")}
+    test = {"loss": scores["test_loss"], "accuracy": scores["test_acc"]}
+    if kind == "state_dict":
+        return {"state_dict": state, "test_res": test, **train, "epoch": 3}
     if kind == "model":
-        return {"model": state, "train_res": res("train", 1), "test_res": res("test", 1)}
+        return {"model": state, "test_res": test, **train}
     if kind == "swa":  # a real AveragedModel: `module.` prefix and an n_averaged buffer
         averaged = AveragedModel(module)
         averaged.module.load_state_dict(state)
@@ -147,6 +154,7 @@ def test_analyses_of_an_imported_store_equal_the_original_ones(trained_small, im
         got = persisted[name].to_dataset().load()
         got.attrs.pop("lrscan_fingerprint")
         got.attrs.pop("lrscan_analyzer")
+        got.attrs.pop("lrscan_options", None)  # the options persisted results record, where they do
         xr.testing.assert_identical(got, want)
 
 
