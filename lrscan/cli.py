@@ -410,24 +410,36 @@ def scan(preset, config, store, overrides, budget, time_limit, precision, per_de
 @click.option("--model", metavar="NAME", required=True, help="The registered model the checkpoints hold, e.g. mlp.")
 @click.option("--pattern", "patterns", metavar="PATTERN", multiple=True, required=True,
               help="Paths under SOURCE to coordinates, e.g. 'plr={plr}/seed={seed}[/ft={flr}]/ckpt-{epoch}.pt'; "
-                   "[...] is optional, * any text in a folder name. Repeatable.")
+                   "[...] is optional, * any text in a folder name, {epoch:200-299} selects epochs. Repeatable.")
 @click.option("--dataset", metavar="NAME", help="The registered dataset the model was trained on (default: ticks).")
 @click.option("--set", "overrides", metavar="FIELD=VALUE", multiple=True,
               help="What the paths do not say: --set batch_size=128 --set model.width=64 --set swa=[5]. Repeatable.")
 @click.option("--ft-epoch-origin", type=click.Choice(["branch", "start"]), default="branch", show_default=True,
               help="A fine-tuning file's {epoch} counts from the branch point, or from the start of pre-training.")
 @click.option("--accuracy", type=click.Choice(["auto", "fraction", "percent"]), default="auto", show_default=True,
-              help="Unit of the accuracies stored in the files (auto: a value above 1 is a percentage).")
+              help="Unit of the accuracies stored in the files (auto: decided once per store, percent when a "
+                   "sampled value is above 1).")
+@click.option("--rename", "renames", metavar="OLD=NEW", multiple=True,
+              help="Rename the files' tensors: OLD and the names under it (OLD.*) become NEW; 're:PATTERN=NEW' "
+                   "substitutes a regular expression. Repeatable, applied in order.")
+@click.option("--seed-axis", type=click.Choice(["auto", "shared", "replicate"]), default="auto", show_default=True,
+              help="The store's seed axis: the files' seeds (shared by every PLR), or a replicate index over each "
+                   "PLR's own seeds (auto: replicate when no seed appears at two PLRs).")
 @click.option("--allow-missing", is_flag=True,
               help="Write runs that have no file as empty (NaN) runs, so that analyzers run on a partial grid.")
 @user_errors
-def import_(source, store, model, patterns, dataset, overrides, ft_epoch_origin, accuracy, allow_missing) -> None:
+def import_(source, store, model, patterns, dataset, overrides, ft_epoch_origin, accuracy, renames, seed_axis,
+            allow_missing) -> None:
     """Import a folder (or fsspec URL) of PyTorch checkpoints into a store for `lrscan analyze`.
 
-    The patterns map each file's path to its run and epoch; files without {flr} are
-    pre-training checkpoints. Rerunning continues an interrupted import and skips the runs
-    already imported. See README.md, "Importing checkpoints".
+    The patterns map each file's path to its run and epoch; files whose path gives {flr}
+    are fine-tuning checkpoints, and a pattern without {epoch} takes files that each hold
+    a whole run.
+    Rerunning continues an interrupted import and skips the runs already imported. See
+    README.md, "Importing checkpoints".
     """
+    from collections import defaultdict
+
     from lrscan.importer import import_checkpoints
 
     path = store or DEFAULT_STORE_DIR / f"{Path(source.rstrip('/')).name or 'import'}.zarr"
@@ -442,8 +454,8 @@ def import_(source, store, model, patterns, dataset, overrides, ft_epoch_origin,
 
     try:
         result = import_checkpoints(source, str(path), model, patterns, dataset=dataset, overrides=overrides,
-                                    ft_epoch_origin=ft_epoch_origin, accuracy=accuracy,
-                                    allow_missing=allow_missing, progress=show)
+                                    ft_epoch_origin=ft_epoch_origin, accuracy=accuracy, renames=renames,
+                                    seeds=seed_axis, allow_missing=allow_missing, progress=show)
     except KeyboardInterrupt:
         raise UserError("interrupted; imported runs are kept in the store, run the same command to resume") from None
     if result.unmatched:
@@ -461,8 +473,22 @@ def import_(source, store, model, patterns, dataset, overrides, ft_epoch_origin,
         click.echo("  written as empty runs (NaN)" if allow_missing else
                    "  left not done: add their files and rerun, or pass --allow-missing to analyse without them",
                    err=True)
+    if result.excluded:
+        click.echo(f"{len(result.excluded)} files lie outside the patterns' epoch ranges and were left out", err=True)
     if result.swa:
         click.echo(f"warning: SWA {result.swa}", err=True)
+    for warning in result.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    units = defaultdict(list)
+    for key, unit in result.accuracy.items():
+        units[unit].append(key)
+    said = [f"radius {result.radius:g} (the SI-group norm of the files)"] if result.radius is not None else []
+    said += [f"{', '.join(keys)} read as {'percentages' if unit == 'percent' else 'fractions'}"
+             for unit, keys in sorted(units.items())]
+    if result.seed_axis == "replicate":
+        said.append("seed axis: a replicate index over each PLR's own seeds (listed in the lrscan_import attrs)")
+    if said:
+        click.echo("; ".join(said), err=True)
     if not result.imported:
         click.echo(f"{path}: every run is already imported, nothing to do", err=True)
         return
