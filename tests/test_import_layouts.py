@@ -24,6 +24,7 @@ from lrscan.importer import import_checkpoints
 from lrscan.models import MODELS
 from lrscan.store import read_spec, verify
 from lrscan.train.engine import layout
+from lrscan.train.sweep import Setup
 from tests.conftest import assert_one_line_error
 from tests.test_images import write_batch
 
@@ -431,6 +432,9 @@ def synthetic_folder(trained, root, test_acc=None):
     (root / "pt").mkdir(parents=True)
     (root / "ft").mkdir()
     (root / "pt/config.json").write_text('{"batch_size": 16, "ckpt_iters": 4, "log_iters": 4}')
+    data = Setup.build(spec).data[0]  # the samples the runs were trained on, saved as launch_pretraining does
+    views = torch.ones(1, len(data.x_train), dtype=torch.bool)
+    torch.save((data.x_train, data.x_test, data.y_train, data.y_test, views), root / "pt/data.pt")
 
     def state(flat):
         return {entry.official(l.name, spec.model_options):
@@ -451,14 +455,11 @@ def synthetic_folder(trained, root, test_acc=None):
     return root
 
 
-SYNTHETIC_SETS = ["batch_size=16", "data.n_train=64", "data.n_test=128", "data.n_single=32", "swa=[2, 3]",
-                  "device='cpu'"]
-
-
 def synthetic_import(source, store):
-    return run_cli("import", source, "--store", store, "--model", "mlp",
+    """The README's command for the synthetic example: the trace files, the data of data.pt."""
+    return run_cli("import", source, "--store", store, "--model", "mlp", "--dataset", "files",
                    "--pattern", "pt/pt_lr={plr}.pt", "--pattern", "ft/pt_lr={plr}-ft_lr={flr}.pt",
-                   *sets(*SYNTHETIC_SETS))
+                   *sets(f"data.path='{source / 'pt/data.pt'}'", "batch_size=16", "swa=[2, 3]", "device='cpu'"))
 
 
 def test_synthetic_trace_files_import_directly(trained_small, tmp_path):
@@ -467,7 +468,7 @@ def test_synthetic_trace_files_import_directly(trained_small, tmp_path):
     result = synthetic_import(source, store)
     assert result.exit_code == 0, result.output
     assert "imported 2 pretrain, 4 finetune, 2 swa runs (6 files)" in result.stderr
-    assert "1 files under" in result.stderr and "pt/config.json" in result.stderr  # listed, not imported
+    assert "2 files under" in result.stderr and "pt/config.json" in result.stderr  # listed, not imported
     spec = read_spec(store)
     assert spec.radius == 1.0 and spec.seeds == (0,)
     assert (spec.pretrain_epochs, spec.finetune_from, spec.finetune_epochs, spec.log_every) == (4, 4, 2, 1)
