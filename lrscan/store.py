@@ -221,12 +221,16 @@ def _allocate(path, group, dims, run_coords, time, names, dtype, *, diverged: bo
     ds.to_zarr(str(path), group=group, mode="w", compute=False, consolidated=False, zarr_format=3, encoding=encoding)
 
 
+def weight_chunk_rows(n_rows: int, n_params: int) -> int:
+    """Checkpoints per chunk of a run's weights: about WEIGHT_CHUNK_BYTES, at least one."""
+    return max(1, min(n_rows, WEIGHT_CHUNK_BYTES // (4 * n_params)))
+
+
 def _allocate_weights(path, group, dims, run_coords, time, n_params: int) -> None:
     (time_dim,) = {v[0] for v in time.values()}
     n_time = len(next(iter(time.values()))[1])
     shape = tuple(len(run_coords[d][1]) for d in dims) + (n_time, n_params)
-    per_chunk = max(1, min(n_time, WEIGHT_CHUNK_BYTES // (4 * n_params)))
-    chunks = (1,) * len(dims) + (per_chunk, n_params)
+    chunks = (1,) * len(dims) + (weight_chunk_rows(n_time, n_params), n_params)
     ds = xr.Dataset(
         {"weights": (dims + (time_dim, "param"), da.full(shape, np.nan, dtype=np.float32, chunks=chunks))},
         coords=_coords(dims, run_coords, {**time, "param": ("param", np.arange(n_params))}),
@@ -252,8 +256,13 @@ class RunData:
 
     def checksum(self, with_divergence: bool = True) -> int:
         """CRC-32 of the run's values as stored (see :func:`run_checksum`)."""
-        weights = zlib.crc32(np.ascontiguousarray(self.weights, dtype=np.float32).tobytes())
-        return run_checksum(weights, self.metrics, self.diverged_epoch if with_divergence else None)
+        return run_checksum(weights_crc(self.weights), self.metrics, self.diverged_epoch if with_divergence else None)
+
+
+def weights_crc(rows: np.ndarray, crc: int = 0) -> int:
+    """CRC-32 of float32 weight rows, continuing ``crc`` (so rows can be checksummed block by
+    block in order, as a stream writes them)."""
+    return zlib.crc32(np.ascontiguousarray(rows, dtype=np.float32).tobytes(), crc)
 
 
 def run_checksum(weights_crc: int, metrics: Mapping[str, np.ndarray], diverged_epoch: float | None) -> int:
@@ -307,38 +316,94 @@ class StoreWriter:
         once every data chunk is written, so a flag never points at missing data. A failed
         write (a full disk, say) leaves the runs not done, to be redone by the next train.
         """
+        blocks = [WeightBlock(run.index, 0, run.weights) for run in runs]
+        ends = [RunEnd(run.index, run.metrics, weights_crc(run.weights), run.diverged_epoch) for run in runs]
+        self._sync(self._write(stage, blocks, ends, done=True))
+
+    def write_blocks(self, stage: str, blocks: Sequence["WeightBlock"]) -> None:
+        """Write consecutive checkpoint rows of runs in flight (whole chunks, as the trainer
+        streams them); nothing is marked done."""
+        self._sync(self._write(stage, blocks, [], done=False))
+
+    def write_rows(self, stage: str, ends: Sequence["RunEnd"]) -> None:
+        """Write the metric rows of runs in flight, so that readers see a batch's progress;
+        nothing is marked done and no checksum is written."""
+        self._sync(self._write(stage, [], ends, done=False))
+
+    def finish_runs(self, stage: str, ends: Sequence["RunEnd"]) -> None:
+        """Finish runs whose weights are written (:meth:`write_blocks`): metrics and
+        divergence, then the checksum, then the done flag."""
+        self._sync(self._write(stage, [], ends, done=True))
+
+    def _sync(self, coroutine) -> None:
         try:
             # On zarr's own event loop (as its sync API does), not a second loop of ours.
-            zarr_sync(self._write_runs(stage, runs))
+            zarr_sync(coroutine)
         except OSError as err:
             raise LrscanError(
                 f"could not write to the store at {self.path}: {err.strerror or err}; runs finished "
                 "before are kept — fix the cause and rerun the same command to resume"
             ) from err
 
-    async def _write_runs(self, stage: str, runs: Sequence[RunData]) -> None:
+    async def _write(self, stage: str, blocks: Sequence["WeightBlock"], ends: Sequence["RunEnd"], *,
+                     done: bool) -> None:
         group = await zarr.api.asynchronous.open_group(self.path, mode="r+")
         metrics = await group.getitem(f"{stage}/metrics")
-        weights = await group.getitem(f"{stage}/weights/weights")
         stored = {key async for key in metrics.keys()}
         # A store made before a metric was added has no variable for it: it keeps what it has,
         # and each run's checksum covers exactly what is stored (as `verify` reads it back).
-        runs = [dataclasses.replace(run, metrics={n: v for n, v in run.metrics.items() if n in stored})
-                if not stored.issuperset(run.metrics) else run for run in runs]
-        names = sorted({name for run in runs for name in run.metrics})
+        ends = [dataclasses.replace(end, metrics={n: v for n, v in end.metrics.items() if n in stored})
+                if not stored.issuperset(end.metrics) else end for end in ends]
+        writes = []
+        if blocks:
+            weights = await group.getitem(f"{stage}/weights/weights")
+            writes += [weights.setitem(block.index + (slice(block.row, block.row + len(block.rows)),), block.rows)
+                       for block in blocks]
+        names = sorted({name for end in ends for name in end.metrics})
         arrays = {name: await metrics.getitem(name) for name in names}
-        writes = [weights.setitem(run.index, run.weights) for run in runs]
-        writes += [arrays[name].setitem(run.index, values) for run in runs for name, values in run.metrics.items()]
+        writes += [arrays[name].setitem(end.index, values) for end in ends for name, values in end.metrics.items()]
         has_diverged = "diverged_epoch" in stored
-        if has_diverged:
+        if has_diverged and done:
             diverged = await metrics.getitem("diverged_epoch")
-            writes += [diverged.setitem(run.index, run.diverged_epoch) for run in runs]
+            writes += [diverged.setitem(end.index, end.diverged_epoch) for end in ends]
         await asyncio.gather(*writes)
+        if not done:
+            return
         # Only once every data chunk is written: the checksum, then the done flag.
         checksum = await metrics.getitem("checksum")
-        await asyncio.gather(*(checksum.setitem(run.index, run.checksum(has_diverged)) for run in runs))
-        done = await metrics.getitem("done")
-        await asyncio.gather(*(done.setitem(run.index, 1) for run in runs))
+        await asyncio.gather(*(checksum.setitem(end.index, end.checksum(has_diverged)) for end in ends))
+        flags = await metrics.getitem("done")
+        await asyncio.gather(*(flags.setitem(end.index, 1) for end in ends))
+
+
+@dataclass
+class WeightBlock:
+    """Consecutive checkpoint rows of one run, from row ``row`` on: (n, P) float32."""
+
+    index: tuple[int, ...]
+    row: int
+    rows: np.ndarray
+
+    def __post_init__(self):
+        self.rows = canonical_nan(self.rows)
+
+
+@dataclass
+class RunEnd:
+    """What finishes a run whose weights are in the store: its metrics, the CRC-32 of its
+    weights in row order (chained block by block, as written), its divergence."""
+
+    index: tuple[int, ...]
+    metrics: Mapping[str, np.ndarray]
+    weights_crc: int
+    diverged_epoch: float = float("nan")
+
+    def __post_init__(self):
+        self.metrics = {name: canonical_nan(values) for name, values in self.metrics.items()}
+
+    def checksum(self, with_divergence: bool = True) -> int:
+        """CRC-32 of the run's values as stored (see :func:`run_checksum`)."""
+        return run_checksum(self.weights_crc, self.metrics, self.diverged_epoch if with_divergence else None)
 
 
 # Claims on batches of runs, so that concurrent `lrscan train` processes on one store split

@@ -3,7 +3,8 @@
 Each run has its own data seed, batch order (shared by all runs of the same seed) and
 learning rate; the loop steps them together, evaluates every run on the full train and test
 sets at the logged steps (beside the means, over the steps since the previous row, of what the
-steps themselves measured) and copies their weights at the checkpoint steps.
+steps themselves measured) and hands their weights at the checkpoint steps to a
+:class:`Checkpoints` sink: kept in memory by default, streamed to the store by the sweep.
 """
 
 from __future__ import annotations
@@ -52,8 +53,35 @@ class Snapshot:
     step: int
     state: dict[str, np.ndarray]
     metrics: dict[str, np.ndarray]
-    weights: np.ndarray
+    checkpoints: dict[str, np.ndarray]  # the sink's state (Checkpoints.state)
     diverged: np.ndarray
+
+
+class Checkpoints:
+    """Where a stage's checkpoints go: the base class keeps all of them in memory.
+
+    ``put(row, flat)`` receives the (M, P) states of checkpoint ``row`` (rows arrive in
+    order, each once); ``state()`` / ``restore(state)`` carry what a snapshot must keep so a
+    resumed stage continues exactly; ``result()`` is what :class:`StageResult` reports. A
+    subclass that writes to a store as rows arrive (``lrscan.train.sweep``) holds only the
+    rows of the weight chunk being filled.
+    """
+
+    def __init__(self, n_runs: int, n_rows: int, n_params: int):
+        self.weights = np.full((n_runs, n_rows, n_params), np.nan, dtype=np.float32)
+
+    def put(self, row: int, flat: np.ndarray) -> None:
+        self.weights[:, row] = flat
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {"weights": self.weights}
+
+    def restore(self, state: dict[str, np.ndarray]) -> None:
+        self.weights = np.array(state["weights"], dtype=np.float32)
+
+    def result(self) -> np.ndarray | None:
+        """Every checkpoint, (M, n_checkpoint, P)."""
+        return self.weights
 
 
 @dataclass
@@ -61,7 +89,7 @@ class StageResult:
     """What a stage produced for its M runs."""
 
     metrics: dict[str, np.ndarray]  # name -> (M, n_log)
-    weights: np.ndarray  # (M, n_checkpoint, P)
+    weights: np.ndarray | None  # (M, n_checkpoint, P); None when the sink streamed them away
     diverged_step: np.ndarray  # (M,), -1 where the run stayed finite
 
 
@@ -106,6 +134,7 @@ def run_stage(
     resume: Snapshot | None = None,
     snapshot: Callable[[Snapshot], None] | None = None,
     snapshot_every: float = 60.0,
+    checkpoints: Checkpoints | None = None,
 ) -> StageResult:
     """Train the engine's M runs through one stage.
 
@@ -131,6 +160,9 @@ def run_stage(
     snapshot, snapshot_every
         Called with a :class:`Snapshot` at a logged step whenever ``snapshot_every``
         seconds have passed since the last one.
+    checkpoints
+        Where the checkpoints go (default: a :class:`Checkpoints` in memory, returned as
+        ``StageResult.weights``).
     """
     device = elr.device
     m = engine.n_runs
@@ -142,7 +174,8 @@ def run_stage(
     log_index = {int(s): i for i, s in enumerate(stage.log_steps)}
     ckpt_index = {int(s): i for i, s in enumerate(stage.checkpoint_steps)}
     metrics = {name: np.full((m, len(log_index)), np.nan, dtype=np.float32) for name in METRICS}
-    weights = np.full((m, len(ckpt_index), engine.flat().shape[1]), np.nan, dtype=np.float32)
+    if checkpoints is None:
+        checkpoints = Checkpoints(m, len(ckpt_index), engine.flat().shape[1])
     diverged = np.full(m, -1, dtype=np.int64)
     grad_sum = torch.zeros(m, device=device)
     # Batch loss and accuracy of the steps since the last row; float64, as means over many steps.
@@ -152,7 +185,8 @@ def run_stage(
     step_count, last_reported, last_snapshot = 0, first, time.monotonic()
     if resume is not None:
         engine.load_state(resume.state)
-        metrics, weights, diverged = resume.metrics, resume.weights, resume.diverged
+        metrics, diverged = resume.metrics, resume.diverged
+        checkpoints.restore(resume.checkpoints)
         # A snapshot written before a metric existed lacks it: its earlier rows stay unknown.
         metrics = {name: metrics.get(name, np.full((m, len(log_index)), np.nan, dtype=np.float32))
                    for name in METRICS}
@@ -182,10 +216,10 @@ def run_stage(
                 progress((step - last_reported) * m)
                 last_reported = step
         if step in ckpt_index:
-            weights[:, ckpt_index[step]] = to_numpy(engine.flat())
+            checkpoints.put(ckpt_index[step], to_numpy(engine.flat()))
         if snapshot is not None and step in log_index and time.monotonic() - last_snapshot >= snapshot_every:
-            snapshot(Snapshot(step, {n: to_numpy(p).copy() for n, p in engine.state().items()}, metrics, weights,
-                              diverged))
+            snapshot(Snapshot(step, {n: to_numpy(p).copy() for n, p in engine.state().items()}, metrics,
+                              checkpoints.state(), diverged))
             last_snapshot = time.monotonic()
 
     if resume is None:
@@ -214,4 +248,4 @@ def run_stage(
         record(step + 1)
     if progress is not None and stage.stop > last_reported:
         progress((stage.stop - last_reported) * m)
-    return StageResult(metrics, weights, diverged)
+    return StageResult(metrics, checkpoints.result(), diverged)

@@ -21,12 +21,14 @@ from lrscan.data import DATASETS, Data
 from lrscan.errors import LrscanError
 from lrscan.models import MODELS
 from lrscan.spec import Spec
-from lrscan.store import Claim, RunData, StoreWriter, beside, create_or_check, is_local
+from lrscan.store import (Claim, RunData, RunEnd, StoreWriter, WeightBlock, beside, create_or_check, is_local,
+                          weight_chunk_rows, weights_crc)
 from lrscan.train.engine import Engine, flat_state, layout, project, swa_average, to_numpy
-from lrscan.train.loop import EVAL_CHUNK, DeviceData, Snapshot, run_stage, seed_key
+from lrscan.train.loop import EVAL_CHUNK, Checkpoints, DeviceData, Snapshot, run_stage, seed_key
 from lrscan.train.plan import Plan
 
-# Buffered checkpoints of one batch of runs stay under this many bytes.
+# Checkpoints a batch of runs holds on the host (one weight chunk per run, streamed to the
+# store as it fills) stay under this many bytes.
 BATCH_BYTES = 1 << 30
 # Seconds of training between snapshots of a batch in flight (local stores only).
 SNAPSHOT_SECONDS = 60.0
@@ -130,13 +132,14 @@ class Sweep:
         create_or_check(store, plan, setup.layers)
         self.writer = StoreWriter(store)
         self.batched = setup.entry.forward_batched is not None if batched is None else batched
-        # Checkpoints each run buffers until its batch is written.
-        kept = {"pretrain": plan.pretrain.checkpoint_steps.size}
+        # Checkpoints each run holds on the host: one weight chunk while training (the rest is
+        # already in the store), every SWA solution of a batch until it is written.
+        n_params = setup.layers[-1].stop
+        kept = {"pretrain": weight_chunk_rows(plan.pretrain.checkpoint_steps.size, n_params)}
         if plan.swa_steps:
             kept["swa"] = len(plan.swa_steps)
         if plan.finetune.n_steps:
-            kept["finetune"] = plan.finetune.checkpoint_steps.size
-        n_params = sum(p.numel() for p in setup.module.parameters())
+            kept["finetune"] = weight_chunk_rows(plan.finetune.checkpoint_steps.size, n_params)
         self.cuts = {
             stage: _cut(self.writer.done(stage), min(spec.runs_per_batch, max(1, BATCH_BYTES // (4 * n_params * n))),
                         self.plr)
@@ -371,23 +374,75 @@ class SnapshotFile:
     def load(self) -> Snapshot | None:
         try:
             with np.load(self.path, allow_pickle=False) as f:
-                if not np.array_equal(f["runs"], self.runs):
-                    return None
+                if not np.array_equal(f["runs"], self.runs) or "checkpoints/chunk" not in f.files:
+                    return None  # another batch's, or from a version that buffered every checkpoint
                 group = lambda prefix: {k[len(prefix):]: f[k] for k in f.files if k.startswith(prefix)}  # noqa: E731
-                return Snapshot(int(f["step"]), group("state/"), group("metrics/"), f["weights"], f["diverged"])
+                return Snapshot(int(f["step"]), group("state/"), group("metrics/"), group("checkpoints/"),
+                                f["diverged"])
         except (OSError, KeyError, ValueError):
             return None  # none yet, or one cut short: start the batch over
 
     def save(self, snap: Snapshot) -> None:
         self.path.parent.mkdir(exist_ok=True)
         tmp = self.path.with_suffix(".tmp.npz")
-        np.savez(tmp, runs=self.runs, step=snap.step, weights=snap.weights, diverged=snap.diverged,
+        np.savez(tmp, runs=self.runs, step=snap.step, diverged=snap.diverged,
                  **{f"state/{k}": v for k, v in snap.state.items()},
-                 **{f"metrics/{k}": v for k, v in snap.metrics.items()})
+                 **{f"metrics/{k}": v for k, v in snap.metrics.items()},
+                 **{f"checkpoints/{k}": v for k, v in snap.checkpoints.items()})
         os.replace(tmp, self.path)
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
+
+
+class StoreCheckpoints(Checkpoints):
+    """Checkpoints streamed into the store as a stage produces them.
+
+    Each run of the batch that is still to do gets one weight chunk's rows on the host
+    (``weight_chunk_rows`` of the store's layout); a chunk is written whole as soon as its
+    last row arrives, and the CRC-32 of every run's weights is chained chunk by chunk in row
+    order, as :func:`lrscan.store.run_checksum` reads them back. Runs of the batch that are
+    already done are trained (the batch's floats do not depend on what is done) but not
+    written. A snapshot carries the chunk being filled and the CRCs so far.
+    """
+
+    def __init__(self, writer: StoreWriter, stage: str, batch: Batch, n_rows: int, n_params: int):
+        self.writer, self.stage = writer, stage
+        self.todo = [i for i, idx in enumerate(batch.runs) if idx in batch.todo]
+        self.index = [batch.runs[i] for i in self.todo]
+        self.n_rows, self.per_chunk = n_rows, weight_chunk_rows(n_rows, n_params)
+        self.chunk = 0
+        self.block = np.full((len(self.todo), self.per_chunk, n_params), np.nan, dtype=np.float32)
+        self.crc = np.zeros(len(self.todo), dtype=np.int64)
+
+    def put(self, row: int, flat: np.ndarray) -> None:
+        while row // self.per_chunk > self.chunk:  # rows arrive in order; a skipped chunk stays NaN
+            self._flush()
+        self.block[:, row - self.chunk * self.per_chunk] = flat[self.todo]
+        if row + 1 == min(self.n_rows, (self.chunk + 1) * self.per_chunk):
+            self._flush()
+
+    def _flush(self) -> None:
+        start = self.chunk * self.per_chunk
+        rows = self.block[:, : min(self.per_chunk, self.n_rows - start)]
+        blocks = [WeightBlock(idx, start, rows[j]) for j, idx in enumerate(self.index)]
+        self.writer.write_blocks(self.stage, blocks)
+        self.crc = np.array([weights_crc(b.rows, int(c)) for b, c in zip(blocks, self.crc)], dtype=np.int64)
+        self.chunk += 1
+        self.block[:] = np.nan
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {"chunk": np.array(self.chunk), "block": self.block, "crc": self.crc}
+
+    def restore(self, state: dict[str, np.ndarray]) -> None:
+        self.chunk = int(state["chunk"])
+        self.block = np.array(state["block"], dtype=np.float32)
+        self.crc = np.array(state["crc"], dtype=np.int64)
+
+    def result(self) -> None:
+        while self.chunk * self.per_chunk < self.n_rows:  # a stage ends on its last checkpoint row
+            self._flush()
+        return None
 
 
 def _train_batch(setup, writer, stage_name, batch: Batch, start, elr, batched, tick,
@@ -398,6 +453,18 @@ def _train_batch(setup, writer, stage_name, batch: Batch, start, elr, batched, t
     data_seeds = sorted({r.data_seed for r in runs})
     data, position = setup.device_data(data_seeds)
     engine = setup.engine(start, batched=batched, compile=setup.spec.compile)
+    sink = StoreCheckpoints(writer, stage_name, batch, len(stage.checkpoint_steps), setup.layers[-1].stop)
+    todo = sink.todo
+
+    def rows(metrics: dict[str, np.ndarray]) -> list[RunEnd]:
+        return [RunEnd(batch.runs[i], {name: values[i] for name, values in metrics.items()}, 0) for i in todo]
+
+    def snapshot(snap: Snapshot) -> None:
+        if snapshots is not None:
+            snapshots.save(snap)
+        # Readers (lrscan info, lrscan.open) see the batch's rows so far; its runs stay not done.
+        writer.write_rows(stage_name, rows(snap.metrics))
+
     result = run_stage(
         engine, data, stage,
         elr=torch.tensor(elr, dtype=torch.float32, device=setup.device),
@@ -406,17 +473,14 @@ def _train_batch(setup, writer, stage_name, batch: Batch, start, elr, batched, t
         steps_per_epoch=plan.steps_per_epoch,
         progress=tick,
         resume=snapshots.load() if snapshots is not None else None,
-        snapshot=snapshots.save if snapshots is not None else None,
+        snapshot=snapshot,
         snapshot_every=SNAPSHOT_SECONDS,
+        checkpoints=sink,
     )
-    writer.write_runs(stage_name, [
-        RunData(
-            idx,
-            {name: values[i] for name, values in result.metrics.items()},
-            result.weights[i],
-            float(result.diverged_step[i]) / plan.steps_per_epoch if result.diverged_step[i] >= 0 else float("nan"),
-        )
-        for i, idx in enumerate(batch.runs) if idx in batch.todo
+    diverged = [float(d) / plan.steps_per_epoch if d >= 0 else float("nan") for d in result.diverged_step]
+    writer.finish_runs(stage_name, [
+        RunEnd(end.index, end.metrics, int(crc), diverged[i])
+        for i, end, crc in zip(todo, rows(result.metrics), sink.crc)
     ])
 
 
