@@ -455,7 +455,7 @@ def import_(source, store, model, patterns, dataset, overrides, ft_epoch_origin,
     try:
         result = import_checkpoints(source, str(path), model, patterns, dataset=dataset, overrides=overrides,
                                     ft_epoch_origin=ft_epoch_origin, accuracy=accuracy, renames=renames,
-                                    seeds=seed_axis, allow_missing=allow_missing, progress=show)
+                                    seed_axis=seed_axis, allow_missing=allow_missing, progress=show)
     except KeyboardInterrupt:
         raise UserError("interrupted; imported runs are kept in the store, run the same command to resume") from None
     if result.unmatched:
@@ -485,6 +485,8 @@ def import_(source, store, model, patterns, dataset, overrides, ft_epoch_origin,
     said = [f"radius {result.radius:g} (the SI-group norm of the files)"] if result.radius is not None else []
     said += [f"{', '.join(keys)} read as {'percentages' if unit == 'percent' else 'fractions'}"
              for unit, keys in sorted(units.items())]
+    if result.spec.finetune_epochs:
+        said.append(f"fine-tuning branches from epoch {result.spec.resolved_finetune_from:g}")
     if result.seed_axis == "replicate":
         said.append("seed axis: a replicate index over each PLR's own seeds (listed in the lrscan_import attrs)")
     if said:

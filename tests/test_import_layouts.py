@@ -230,6 +230,7 @@ def test_cnn_folders_import_as_the_scripts_wrote_them(cnn, cifar):
     # The radius is the files' (the script's 12), not the model's default.
     assert spec.radius == RADIUS != MODELS["convnetsi"].radius(spec.model_options)
     assert "radius 12 (the SI-group norm of the files)" in result.stderr
+    assert "fine-tuning branches from epoch 3" in result.stderr
     assert "test_res.accuracy, train_res.accuracy read as percentages" in result.stderr
     # The schedule: branch at 3 (the last pre-training epoch before the first fine-tuning file).
     assert (spec.pretrain_epochs, spec.finetune_from, spec.finetune_epochs) == (3, 3, 3)
@@ -315,7 +316,7 @@ def test_the_shared_seed_axis_is_the_cross_product(cnn, cifar, tmp_path):
     script, source, *_ = cnn
     result = import_checkpoints(str(source), str(tmp_path / "s.zarr"), "convnetsi",
                                 [PT_PATTERN, FT_PATTERNS[script]], dataset="cifar10", ft_epoch_origin="start",
-                                overrides=CNN_SETS + cifar_options(cifar), seeds="shared", check=False)
+                                overrides=CNN_SETS + cifar_options(cifar), seed_axis="shared", check=False)
     assert result.spec.seeds == (2000, 2001, 2002) and result.seed_axis == "shared"
     assert len(result.missing) == 2 * 3 + 2 * 3 * 2  # what the replicate axis avoids
     assert result.imported == {"pretrain": 3, "finetune": 6}

@@ -25,9 +25,9 @@ import zarr
 import lrscan
 from lrscan.errors import LrscanError
 from lrscan.importer.checks import reevaluate
+from lrscan.importer import inference
 from lrscan.importer.inference import (
-    SeedAxis, check_norm, data_seed, decide_radius, decide_units, expand_traces, infer_spec, seed_axis,
-    steps_per_epoch,
+    SeedAxis, check_norm, data_seed, decide_radius, decide_units, expand_traces, infer_spec, steps_per_epoch,
 )
 from lrscan.importer.patterns import Checkpoint, Scan, scan
 from lrscan.importer.reading import (
@@ -133,7 +133,7 @@ def import_checkpoints(
     accuracy: str = "auto",
     allow_missing: bool = False,
     renames: Sequence[str | Rename] = (),
-    seeds: str = "auto",
+    seed_axis: str = "auto",
     check: bool = True,
     progress: Callable[[Progress], None] | None = None,
 ) -> ImportResult:
@@ -173,7 +173,7 @@ def import_checkpoints(
     renames
         ``--rename`` rules (:class:`~lrscan.importer.reading.Rename` or their text) for
         tensor names neither lrscan's nor the study's.
-    seeds
+    seed_axis
         The seed axis: ``"auto"``, ``"shared"`` or ``"replicate"``
         (:func:`~lrscan.importer.inference.seed_axis`).
     check
@@ -206,7 +206,7 @@ def import_checkpoints(
     checkpoints = found.checkpoints
     if any(c.epoch is None for c in checkpoints):
         checkpoints = expand_traces(checkpoints, found.fs, steps_per_epoch(model, dataset, overrides))
-    axis = seed_axis(checkpoints, seeds)
+    axis = inference.seed_axis(checkpoints, seed_axis)
     spec = infer_spec(checkpoints, model, dataset=dataset, overrides=overrides, ft_epoch_origin=ft_epoch_origin,
                       data_seed_in_paths=found.data_seed_in_paths, axis=axis)
     try:
