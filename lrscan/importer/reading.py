@@ -193,13 +193,12 @@ def _missing(name: str, key: str, layer: str, keys: Mapping[str, str], state: Ma
 
 
 def flatten(state: Mapping[str, torch.Tensor], layers: Sequence[Layer], name: str,
-            official: Mapping[str, str] | None = None, only: Sequence[Layer] | None = None) -> np.ndarray:
-    """The file's tensors as one float32 vector in the layout's order (``only``: fill just
-    those layers, leaving the rest NaN)."""
+            official: Mapping[str, str] | None = None) -> np.ndarray:
+    """The file's tensors as one float32 vector in the layout's order."""
     official = official or {}
     keys = _file_names(state, layers, official)
-    row = np.full(max(layer.stop for layer in layers), np.nan, dtype=np.float32)
-    for layer in layers if only is None else only:
+    row = np.empty(max(layer.stop for layer in layers), dtype=np.float32)
+    for layer in layers:
         tensor = state.get(keys[layer.name])
         if tensor is None:
             raise _missing(name, keys[layer.name], layer.name, keys, state, official)
@@ -233,6 +232,14 @@ def unwrap(obj: Any, name: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]
         raise LrscanError(f"{name}: found no state dict (keys: {keys}); lrscan looks under "
                           f"{', '.join(repr(k) for k in WRAPPER_KEYS)} or takes a dict of tensors")
     return state, meta
+
+
+def named_state(obj: Any, layers: Sequence[Layer], renames: Sequence[Rename],
+                name: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The state dict of a loaded file under the names the model's layers can be matched to
+    (wrappers and prefixes gone, ``renames`` applied), and the values beside it."""
+    state, meta = unwrap(obj, name)
+    return rename(_strip_prefixes(state, layers), renames, name), meta
 
 
 # ---------------------------------------------------------------------------------------------
@@ -387,8 +394,7 @@ def read_checkpoint(
     name = name or path
     if fs is None:
         fs, path = fsspec.core.url_to_fs(path)
-    state, meta = unwrap(load(fs, path, name), name)
-    state = rename(_strip_prefixes(state, layers), renames, name)
+    state, meta = named_state(load(fs, path, name), layers, renames, name)
     return flatten(state, layers, name, official), metrics(raw_metrics(meta), accuracy, name)
 
 
@@ -474,8 +480,7 @@ def trace_step(obj: Any, weight: int | None, row: int | None, layers: Sequence[L
                 raw[f"trace.{key}"] = value
     if weight is None:
         return None, raw
-    state, _ = unwrap(obj, name)
-    state = rename(_strip_prefixes(state, layers), renames, name)
+    state, _ = named_state(obj, layers, renames, name)
     flat = flatten(state, layers, name, official)
     if weight == -1:
         return flat, raw

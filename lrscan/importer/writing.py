@@ -31,8 +31,7 @@ from lrscan.importer.inference import (
 )
 from lrscan.importer.patterns import Checkpoint, Scan, scan
 from lrscan.importer.reading import (
-    ACCURACY_UNITS, SOURCE, Rename, flatten, load, metrics, raw_metrics, rename, trace_step, unwrap,
-    _strip_prefixes,
+    ACCURACY_UNITS, SOURCE, Rename, flatten, load, metrics, named_state, raw_metrics, trace_step,
 )
 from lrscan.models import official_names
 from lrscan.spec import Spec, parse_override
@@ -112,8 +111,7 @@ class Reader:
 
     def read(self, ckpt: Checkpoint) -> tuple[np.ndarray | None, dict[str, float]]:
         if ckpt.row is None:
-            state, meta = unwrap(load(self.fs, ckpt.path, ckpt.name), ckpt.name)
-            state = rename(_strip_prefixes(state, self.layers), self.renames, ckpt.name)
+            state, meta = named_state(load(self.fs, ckpt.path, ckpt.name), self.layers, self.renames, ckpt.name)
             return flatten(state, self.layers, ckpt.name, self.official), raw_metrics(meta)
         if self._cached is None or self._cached[0] != ckpt.path:
             self._cached = (ckpt.path, load(self.fs, ckpt.path, ckpt.name))
