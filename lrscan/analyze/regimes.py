@@ -1,15 +1,22 @@
-"""Regimes of constant-LR pre-training (SPEC §5), read from the stored data.
+"""Regimes of constant-LR pre-training (SPEC §5), decided from the stored data by evidence.
 
 Each (plr, seed) is labelled "1" (convergence), "2A" / "2B" (the two halves of the chaotic
-equilibrium) or "3" (divergence) by rules on its stored metrics, with every threshold an
-option, and the regime boundaries are located per seed so that their spread over seeds
-can be reported instead of drawn by hand.
+equilibrium), "3" (divergence), or "2?": regime 2 whose split the data cannot decide (a 2A test
+could not be applied, or its difference is of the order of the noise). The 2A tests compare
+within the measured noise — the binomial standard error of a test accuracy on its test set and,
+where a PLR has several seeds, their spread — instead of against fixed thresholds. The seeds of
+one PLR are also pooled into one decision where they are replicates, and the regime boundaries
+are located per seed and over all seeds, with a bootstrap interval over the seeds.
+
+Reading the store (:func:`regime_table`) is kept apart from deciding (:func:`classify`, a pure
+function of one table of per-run quantities), so that tables with known regimes can be fed in.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import xarray as xr
+from scipy import special, stats
 
 from lrscan.analyze import analyzer
 from lrscan.analyze.metrics import last_window
@@ -18,16 +25,221 @@ from lrscan.data import DATASETS
 from lrscan.errors import LrscanError
 from lrscan.spec import Spec
 
-# Labels in the order they meet a scan of increasing PLR; "2" is regime 2 left unsplit
-# (no fine-tuning to split it by).
-LABELS = ("1", "2A", "2", "2B", "3")
-# Each boundary parts the labels below it from those above it; a label in neither set
-# does not take part ("2" says nothing about where 2A ends).
+# Labels in the order they meet a scan of increasing PLR (ties of the most common label go to
+# the earlier one). "2" is regime 2 of a store without fine-tuning, which has nothing to split it
+# by; "2?" is regime 2 whose split the data leave open.
+LABELS = ("1", "2A", "2", "2?", "2B", "3")
+# Each boundary parts the labels below it from those above it; a label in neither set does not
+# take part ("2" and "2?" say nothing about where 2A ends).
 BOUNDARIES = {
-    "1|2": ({"1"}, {"2A", "2", "2B", "3"}),
+    "1|2": ({"1"}, {"2A", "2", "2?", "2B", "3"}),
     "2A|2B": ({"1", "2A"}, {"2B", "3"}),
-    "2|3": ({"1", "2A", "2", "2B"}, {"3"}),
+    "2|3": ({"1", "2A", "2", "2?", "2B"}, {"3"}),
 }
+# The three 2A tests (SPEC §5): every FLR below the PLR reaches the same FT accuracy; SWA is as
+# good as the best FT; the FT-low ↔ FT-high test barrier is ≈ 0.
+TESTS = ("flr", "swa", "barrier")
+# What a test says of a run: the difference is within the noise (pass), beyond it (fail), of its
+# order (ambiguous), or the test cannot be applied (untestable: no data for it).
+OUTCOMES = ("pass", "ambiguous", "fail", "untestable")
+# z-scores are clipped here: beyond it every tail probability is "overwhelming", and a finite
+# value keeps means over seeds finite (a diverged fine-tuning run scores +Z_MAX).
+Z_MAX = 10.0
+# Resamples of the seeds, and the central share of them, behind a boundary's interval.
+BOOTSTRAP = 1000
+LEVEL = 0.95
+NOISE = ("binomial standard error of each test accuracy on n_test samples, sqrt(p(1-p)/(n+4)) with the "
+         "Agresti-Coull p = (k+2)/(n+4); accuracies of different models treated as independent")
+POOLING = ("seeds of a PLR are pooled when every one of them is in regime 2 (none converged, diverged or "
+           "at chance): each test's z-scores are averaged over the seeds it applies to, with noise the larger "
+           "of the binomial one and the seeds' spread, and read with the same bands; a test every seed fails "
+           "fails, and a pooled pass (fail) where some seed fails (passes) is ambiguous")
+
+
+def accuracy_se(accuracy, n_test: int):
+    """Binomial standard error of an accuracy measured on ``n_test`` samples.
+
+    The Agresti–Coull estimate ``p = (k + 2) / (n + 4)`` (k correct of n) keeps a perfect or
+    zero score from having no error at all, which would make any difference to it decisive.
+
+    Parameters
+    ----------
+    accuracy
+        Accuracies in [0, 1] (any array).
+    n_test
+        Samples of the test set they were measured on.
+
+    Returns
+    -------
+    array_like
+        The standard errors, same shape.
+    """
+    p = (accuracy * n_test + 2) / (n_test + 4)
+    return np.sqrt(p * (1 - p) / (n_test + 4))
+
+
+def barrier_se(test_error: xr.DataArray, n_test: int) -> xr.DataArray:
+    """Standard error, in percent, of the barrier of test-error curves along paths.
+
+    The barrier is e(α*) − [(1 − α*) e(0) + α* e(1)] at the path point α* where the curve
+    rises most above the straight line between its ends; each of the three errors carries the
+    binomial noise of its test set, taken as independent (points on one path make correlated
+    errors, so this is an upper bound: it errs towards "≈ 0 within the noise").
+
+    Parameters
+    ----------
+    test_error
+        Test error in percent over ``alpha`` (first and last points: the ends).
+    n_test
+        Samples of the test set.
+
+    Returns
+    -------
+    xr.DataArray
+        The standard error, without the ``alpha`` dimension.
+    """
+    alpha = test_error.alpha
+    start, end = test_error.isel(alpha=0, drop=True), test_error.isel(alpha=-1, drop=True)
+    excess = test_error - ((1 - alpha) * start + alpha * end)
+    peak = excess.fillna(-np.inf).argmax("alpha")
+    at = alpha.isel(alpha=peak, drop=True)
+    var = lambda error: accuracy_se(1 - error / 100, n_test) ** 2  # noqa: E731
+    return 100 * np.sqrt(var(test_error.isel(alpha=peak, drop=True)) + (1 - at) ** 2 * var(start) + at ** 2 * var(end))
+
+
+def _z_of_p(p) -> np.ndarray:
+    """The standard normal score with upper tail ``p`` (the same evidence on one scale), clipped."""
+    return np.clip(stats.norm.isf(p), -Z_MAX, Z_MAX)
+
+
+def flr_z(accuracy: xr.DataArray, n_test: int) -> xr.DataArray:
+    """z-score of the test "every FLR reaches the same FT accuracy", per run.
+
+    The accuracies' homogeneity statistic Q = Σ w (a − ā)², w = 1 / SE², ā the weighted mean,
+    is χ² with (number of FLRs − 1) degrees of freedom when they differ by test-set noise only;
+    its upper tail probability is returned as a normal score, so that one scale serves every
+    number of FLRs. NaN entries (FLRs not counted) are left out.
+
+    Parameters
+    ----------
+    accuracy
+        Final FT test accuracies over ``flr``.
+    n_test
+        Samples of the test set.
+
+    Returns
+    -------
+    xr.DataArray
+        The z-score without ``flr``; NaN where fewer than two FLRs are left.
+    """
+    w = 1 / accuracy_se(accuracy, n_test) ** 2
+    mean = (w * accuracy).sum("flr") / w.sum("flr")
+    q = (w * (accuracy - mean) ** 2).sum("flr")
+    dof = accuracy.notnull().sum("flr") - 1
+    p = xr.apply_ufunc(stats.chi2.sf, q, dof.where(dof >= 1))
+    return xr.apply_ufunc(_z_of_p, p)
+
+
+def swa_z(ft_best: xr.DataArray, swa_best: xr.DataArray, n_test: int) -> xr.DataArray:
+    """z-score of the SWA shortfall below the best FT accuracy (negative: SWA is better), per run.
+
+    Parameters
+    ----------
+    ft_best, swa_best
+        The best FT and the best SWA test accuracy of each run.
+    n_test
+        Samples of the test set.
+
+    Returns
+    -------
+    xr.DataArray
+        The shortfall over the standard error of the difference.
+    """
+    se = np.sqrt(accuracy_se(ft_best, n_test) ** 2 + accuracy_se(swa_best, n_test) ** 2)
+    return ((ft_best - swa_best) / se).clip(-Z_MAX, Z_MAX)
+
+
+def barrier_z(barrier: xr.DataArray, se: xr.DataArray, points: int) -> xr.DataArray:
+    """z-score of a test barrier against "no barrier, only test-set noise", per run.
+
+    A path without a barrier still shows one: the largest of the noise at its ``points``
+    interior points, clipped at 0. So the barrier in units of its standard error is compared
+    with the largest of ``points`` standard normal values (taken as independent, which widens
+    the null and so again errs towards "≈ 0"): P(max > z) = 1 − Φ(z)^points, as a normal score.
+
+    Parameters
+    ----------
+    barrier, se
+        Barrier and its standard error (:func:`barrier_se`), in one unit.
+    points
+        Interior points of the path (its points less the two ends).
+
+    Returns
+    -------
+    xr.DataArray
+        The z-score.
+    """
+    log_below = special.log_ndtr(barrier / se)
+    p = -np.expm1(max(points, 1) * log_below)
+    return xr.apply_ufunc(_z_of_p, p)
+
+
+def outcome(z: xr.DataArray, testable: xr.DataArray, z_same: float, z_differ: float) -> xr.DataArray:
+    """What each z-score says (one of :data:`OUTCOMES`): "pass" (≤ ``z_same``), "fail"
+    (≥ ``z_differ``), "ambiguous" between, and "untestable" where ``testable`` is false."""
+    out = xr.where(z <= z_same, "pass", xr.where(z >= z_differ, "fail", "ambiguous"))
+    return xr.where(testable, out, "untestable").astype(object)
+
+
+def _split(outcomes: xr.DataArray) -> xr.DataArray:
+    """2B when any test fails, 2A when every test passes, 2? otherwise (over ``test``)."""
+    failed = (outcomes == "fail").any("test")
+    passed = (outcomes == "pass").all("test")
+    return xr.where(failed, "2B", xr.where(passed, "2A", "2?")).astype(object)
+
+
+def _pool_one(z: np.ndarray, outcomes: np.ndarray, z_same: float, z_differ: float) -> tuple[float, str]:
+    """Pooled z-score and outcome of one test over the seeds of one PLR it applies to."""
+    if z.size == 0:
+        return np.nan, "untestable"
+    spread = z.std(ddof=1) if z.size > 1 else 0.0
+    # The mean of n scores has noise 1 / sqrt(n) under the binomial model; seeds that scatter
+    # more than that measure a larger noise (training randomness), which then takes its place.
+    pooled = float(np.clip(z.mean() * np.sqrt(z.size) / max(1.0, spread), -Z_MAX, Z_MAX))
+    seen = set(outcomes)
+    if seen == {"fail"}:  # every replicate shows the difference: their spread casts no doubt on it
+        return pooled, "fail"
+    said = outcome(xr.DataArray(pooled), xr.DataArray(True), z_same, z_differ).item()
+    if ("fail" if said == "pass" else "pass" if said == "fail" else None) in seen:
+        said = "ambiguous"  # pooling weighs what seeds leave open, it does not overrule a clear seed
+    return pooled, said
+
+
+def _pooled(regime2: np.ndarray, z: xr.DataArray, outcomes: xr.DataArray, labels: xr.DataArray,
+            z_same: float, z_differ: float) -> xr.Dataset:
+    """Pool the seeds of each PLR whose seeds are all in regime 2 (see :data:`POOLING`)."""
+    n_plr, n_tests = z.sizes["plr"], z.sizes["test"]
+    pooled_z = np.full((n_plr, n_tests), np.nan)
+    pooled_outcome = np.full((n_plr, n_tests), "untestable", dtype=object)
+    label = np.empty(n_plr, dtype=object)
+    zv, ov = (a.transpose("plr", "seed", "test").values for a in (z, outcomes))
+    for i, runs in enumerate(labels.transpose("plr", "seed").values):
+        seeds_labels = set(runs)
+        if not regime2[i]:
+            label[i] = runs[0] if len(seeds_labels) == 1 else "mixed"
+            continue
+        for t in range(n_tests):
+            testable = ov[i, :, t] != "untestable"
+            pooled_z[i, t], pooled_outcome[i, t] = _pool_one(zv[i, testable, t].astype(float), ov[i, testable, t],
+                                                             z_same, z_differ)
+        said = set(pooled_outcome[i])
+        label[i] = ("2B" if "fail" in said or seeds_labels == {"2B"} else "2A" if said == {"pass"} else "2?")
+    return xr.Dataset({
+        "pooled": ("plr", regime2),
+        "test_z_pooled": (("plr", "test"), pooled_z),
+        "test_outcome_pooled": (("plr", "test"), pooled_outcome),
+        "regime_pooled": ("plr", label),
+    }, coords={"plr": z.plr, "test": z.test})
 
 
 def locate_boundary(
@@ -66,14 +278,66 @@ def locate_boundary(
         crosses &= np.isin(labels, list(need)).any(0)
     out = np.full(labels.shape[1], np.nan)
     if crosses.any():  # then there are two PLRs at least, hence a cut
-        # wrong[c] counts the labels on the wrong side of the cut between plr[c] and plr[c + 1]
-        wrong = np.cumsum(up, 0)[:-1] + low.sum(0) - np.cumsum(low, 0)[:-1]
-        best = wrong == wrong.min(0)
-        log_plr = np.log10(regime.plr.values)
-        midpoints = (log_plr[:-1] + log_plr[1:]) / 2
+        best, midpoints = _best_cuts(low, up, regime.plr.values)
         centre = (best * midpoints[:, None]).sum(0) / best.sum(0)
         out[crosses] = 10.0 ** centre[crosses]
     return xr.DataArray(out, dims="seed", coords={"seed": regime.seed})
+
+
+def _best_cuts(low: np.ndarray, up: np.ndarray, plr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Which cuts between neighbouring PLRs leave the fewest labels astray (counts over plr, ...),
+    and the cuts' log10 positions."""
+    # wrong[c] counts the labels on the wrong side of the cut between plr[c] and plr[c + 1]
+    wrong = np.cumsum(up, 0)[:-1] + low.sum(0) - np.cumsum(low, 0)[:-1]
+    log_plr = np.log10(plr)
+    return wrong == wrong.min(0), (log_plr[:-1] + log_plr[1:]) / 2
+
+
+def boundary_interval(
+    regime: xr.DataArray, lower: set[str], upper: set[str], need: set[str] | None = None
+) -> tuple[float, float, float]:
+    """One boundary fitted to every seed's labels at once, and a bootstrap interval over seeds.
+
+    The fit is the step fit of :func:`locate_boundary` with the labels of all seeds counted
+    together (the centre of the best cuts). The interval resamples the seeds with replacement
+    (:data:`BOOTSTRAP` times, a fixed generator, so a result is reproducible), refits, and
+    takes the central :data:`LEVEL` of the resampled cuts, every tied cut included; it runs
+    from the PLR below the lowest of them to the PLR above the highest, so that even a clean
+    map — where every resample gives the same cut — reports the grid step the boundary lies
+    in. Seeds that disagree widen it, as do PLRs whose labels take no side ("2?" for 2A|2B).
+
+    Parameters
+    ----------
+    regime
+        Labels over (plr, seed), ``plr`` ascending.
+    lower, upper, need
+        As for :func:`locate_boundary`.
+
+    Returns
+    -------
+    tuple
+        (fit, low, high) in PLR; NaN when there is no cut, or no labels lie on one side (or
+        none of ``need`` anywhere).
+    """
+    labels = regime.transpose("plr", "seed").values
+    low = np.isin(labels, list(lower)).astype(int)
+    up = np.isin(labels, list(upper)).astype(int)
+    lacking = need is not None and not np.isin(labels, list(need)).any()
+    if labels.shape[0] < 2 or not low.any() or not up.any() or lacking:
+        return np.nan, np.nan, np.nan
+    plr = regime.plr.values
+    best, midpoints = _best_cuts(low.sum(1), up.sum(1), plr)
+    # Each resample weighs every seed by how often it was drawn.
+    n_seed = labels.shape[1]
+    draws = np.random.default_rng(0).multinomial(n_seed, np.full(n_seed, 1 / n_seed), size=BOOTSTRAP).T
+    resampled, _ = _best_cuts(low @ draws, up @ draws, plr)
+    cut = np.arange(len(midpoints))[:, None]
+    lowest = np.where(resampled, cut, len(midpoints)).min(0)
+    highest = np.where(resampled, cut, -1).max(0)
+    tail = (1 - LEVEL) / 2
+    first = min(int(np.quantile(lowest, tail, method="lower")), int(np.flatnonzero(best)[0]))
+    last = max(int(np.quantile(highest, 1 - tail, method="higher")), int(np.flatnonzero(best)[-1]))
+    return float(10.0 ** midpoints[best].mean()), float(plr[first]), float(plr[last + 1])
 
 
 def _mode(regime: xr.DataArray) -> xr.DataArray:
@@ -82,24 +346,220 @@ def _mode(regime: xr.DataArray) -> xr.DataArray:
     return xr.DataArray(np.array(LABELS, dtype=object)[counts.argmax(0)], dims="plr", coords={"plr": regime.plr})
 
 
-def _chance(tree: xr.DataTree) -> float:
+def _tests(table: xr.Dataset, n_test: int, lower_flr_only: bool) -> xr.Dataset:
+    """Each run's 2A tests: the quantities they read, their z-scores and whether they apply."""
+    ft = table.ft_test_acc
+    counted = ft.flr < ft.plr if lower_flr_only else xr.ones_like(ft.flr * ft.plr, dtype=bool)
+    acc = ft.where(counted)
+    # A fine-tuning run that diverged fails the FLR test: its FLR did not reach the accuracy.
+    ft_failed = (counted & ft.isnull()).any("flr")
+    ft_best = acc.max("flr")
+    out = xr.Dataset({"ft_best_acc": ft_best, "ft_acc_spread": (ft_best - acc.min("flr")).where(~ft_failed)})
+    z = {"flr": xr.where(ft_failed, Z_MAX, flr_z(acc, n_test))}
+    testable = {"flr": (counted.sum("flr") >= 2) | ft_failed}
+    never = xr.zeros_like(ft_best, dtype=bool)
+    if "swa_test_acc" in table:
+        swa = table.swa_test_acc
+        swa_best = swa.max("swa")
+        out["swa_shortfall"] = ft_best - swa_best
+        out["swa_best_k"] = swa.swa[swa.fillna(-np.inf).argmax("swa")].where(swa_best.notnull()).drop_vars("swa")
+        # Every window is a candidate: the test asks whether averaging reaches the FT accuracy.
+        z["swa"] = xr.where(swa_best.isnull(), Z_MAX, swa_z(ft_best, swa_best, n_test))
+        testable["swa"] = ft_best.notnull()
+    else:
+        z["swa"], testable["swa"] = xr.full_like(ft_best, np.nan), never
+    if "ft_barrier" in table:
+        # Both ends must be fine-tuned with a lower LR for the barrier to be one between FT solutions.
+        ends_lowered = max(table.attrs["barrier_flr"]) < table.plr if lower_flr_only else True
+        out["ft_barrier"], out["ft_barrier_se"] = table.ft_barrier, table.ft_barrier_se
+        z["barrier"] = barrier_z(table.ft_barrier, table.ft_barrier_se, int(table.attrs["barrier_points"]))
+        testable["barrier"] = table.ft_barrier.notnull() & table.ft_barrier_se.notnull() & ends_lowered
+    else:
+        z["barrier"], testable["barrier"] = xr.full_like(ft_best, np.nan), never
+    dim = xr.DataArray(np.array(TESTS, dtype=object), dims="test", name="test")
+    out["test_z"] = xr.concat([z[t].broadcast_like(ft_best) for t in TESTS], dim=dim)
+    out["testable"] = xr.concat([xr.DataArray(testable[t]).broadcast_like(ft_best) for t in TESTS], dim=dim)
+    return out
+
+
+def classify(
+    table: xr.Dataset,
+    convergence_loss: float = 1e-2,
+    chance_margin: float = 0.02,
+    z_same: float = 2.0,
+    z_differ: float = 3.0,
+    lower_flr_only: bool = True,
+) -> xr.Dataset:
+    """Regime of every (plr, seed) from a table of per-run quantities, pooled and per PLR.
+
+    Rules, applied in this order to each run:
+
+    1. **3 (divergence)** when the run diverged.
+    2. **1 (convergence)** when the final pre-training train loss is below
+       ``convergence_loss`` (the study's operational 1e-2). A converged run stays in 1 even
+       if its test accuracy is poor: the regimes are regimes of the optimisation.
+    3. **3 (divergence)** when the pre-training test accuracy (mean over the last epochs) is
+       at most chance + ``chance_margin``, or is not finite.
+    4. Otherwise regime 2, split by the three 2A tests of SPEC §5 when the table has
+       fine-tuning. Each gives a z-score, the difference from the 2A ideal in units of its
+       noise (the binomial standard error of each accuracy on the ``n_test`` samples of the
+       test set, :func:`accuracy_se`):
+
+       - ``flr``: the FT accuracies of every FLR below the PLR are the same — their χ²
+         homogeneity statistic (:func:`flr_z`); needs two such FLRs. A diverged FT run fails it.
+       - ``swa``: the SWA solution is as good as the best FT — the shortfall of the best SWA
+         over every stored K below the best FT accuracy (:func:`swa_z`); needs SWA and an FLR
+         below the PLR. Both are maxima over several solutions, so their selection biases
+         largely cancel.
+       - ``barrier``: the FT-low ↔ FT-high test barrier is ≈ 0 — against the largest noise of
+         the path's interior points (:func:`barrier_z`); needs a barriers result and both
+         ends' FLRs below the PLR (else the path is not between fine-tuned solutions).
+
+       A test passes when z ≤ ``z_same`` (the difference is within the noise), fails when
+       z ≥ ``z_differ`` (beyond it) and is ambiguous between; one that cannot be applied is
+       untestable, which is not a pass. **2B** when any test fails, **2A** when all three
+       pass, else **2?**: the data do not decide the split. Without fine-tuning the label is
+       **2**.
+
+    The per-run noise is the binomial one: that is what a single run measures of itself. The
+    seeds' spread enters where seeds are pooled: only at a PLR whose seeds are all in regime 2
+    (replicates of one condition; at a PLR where some converge or diverge they are not). There
+    each test's z-scores are averaged over the seeds it applies to, with the noise of the mean
+    the larger of the binomial one (1/√n) and the seeds' spread (their standard deviation /
+    √n), and read with the same bands: a difference each seed leaves within or of the order of
+    its noise can be beyond the noise of the mean. But a test every seed fails fails (the
+    spread of large scores casts no doubt on them), and a pooled pass (fail) where some seed
+    fails (passes) is ambiguous: pooling does not overrule a seed's clear evidence. The pooled label
+    is 2B when a pooled test fails or every seed is 2B, 2A when every pooled test passes, else
+    2?; elsewhere it is the seeds' common label, or "mixed".
+
+    Boundaries "1|2" (the convergence threshold), "2A|2B" and "2|3": per seed by
+    :func:`locate_boundary`, and over all seeds by :func:`boundary_interval`, with a bootstrap
+    interval over the seeds in whole grid steps. "2A|2B" needs a 2A or 2B label.
+
+    Parameters
+    ----------
+    table
+        Per-run quantities over (plr, seed), ``plr`` ascending (:func:`regime_table` reads them
+        from a store): ``pt_train_loss``, ``pt_test_acc_mean``, ``diverged`` (bool); optional
+        ``ft_test_acc`` (plr, flr, seed), ``swa_test_acc`` (plr, seed, swa), ``ft_barrier`` and
+        ``ft_barrier_se`` (plr, seed; percent). attrs: ``n_test``, ``chance``; with a barrier
+        ``barrier_points`` (interior points of the path) and ``barrier_flr`` (its ends' FLRs).
+    convergence_loss
+        Final pre-training train loss below which a run has converged.
+    chance_margin
+        Accuracy above chance that a run must exceed not to count as diverged.
+    z_same
+        Largest z-score of a difference within the noise (a pass).
+    z_differ
+        Smallest z-score of a difference beyond the noise (a fail); at least ``z_same``.
+    lower_flr_only
+        Count only FLRs below the PLR: fine-tuning lowers the LR (FT at FLR ≥ PLR is
+        pre-training at another LR, which near the threshold may itself land in 2B).
+
+    Returns
+    -------
+    xr.Dataset
+        ``regime(plr, seed)`` (labels as strings), ``regime_mode(plr)`` (most common),
+        ``regime_share(plr, label)`` (the share of seeds with each of :data:`LABELS`), the
+        quantities the rules read — ``pt_train_loss``, ``pt_test_acc_mean``, and with
+        fine-tuning ``ft_best_acc``, ``ft_acc_spread``, ``swa_shortfall``, ``swa_best_k``,
+        ``ft_barrier``, ``ft_barrier_se`` (plr, seed) — ``test_z`` and ``test_outcome``
+        (plr, seed, test), ``pooled``, ``regime_pooled`` (plr), ``test_z_pooled`` and
+        ``test_outcome_pooled`` (plr, test; untestable where not pooled); per seed
+        ``boundary_plr(seed, boundary)`` and ``boundary_log10_mean``, ``boundary_log10_std``
+        (ddof 0), ``boundary_geomean``; over all seeds ``boundary_fit``, ``boundary_low``,
+        ``boundary_high`` (boundary, PLR). attrs: ``n_test``, ``chance``, every option, and
+        ``noise`` and ``pooling`` saying how the tests weigh the evidence.
+    """
+    if not 0 <= z_same <= z_differ:
+        raise LrscanError(f"the regime tests need 0 <= z_same <= z_differ, got z_same={z_same}, z_differ={z_differ}")
+    n_test, chance = int(table.attrs["n_test"]), float(table.attrs["chance"])
+    loss, acc = table.pt_train_loss, table.pt_test_acc_mean
+    diverged = table.diverged.astype(bool)
+    converged = loss < convergence_loss
+    at_chance = ~(acc > chance + chance_margin)
+    regime2 = ~diverged & ~converged & ~at_chance
+
+    out = {"pt_train_loss": loss, "pt_test_acc_mean": acc}
+    attrs = {"n_test": n_test, "chance": chance, "convergence_loss": convergence_loss,
+             "chance_margin": chance_margin}
+    split = xr.full_like(loss, "2", dtype=object)
+    tests = None
+    if "ft_test_acc" in table:
+        tests = _tests(table, n_test, lower_flr_only)
+        outcomes = outcome(tests.test_z, tests.testable, z_same, z_differ)
+        split = _split(outcomes)
+        out |= {name: tests[name] for name in tests.data_vars if name != "testable"}
+        out["test_outcome"] = outcomes
+        attrs |= {"z_same": z_same, "z_differ": z_differ, "lower_flr_only": lower_flr_only, "noise": NOISE,
+                  "pooling": POOLING}
+        for name in ("barrier_points", "barrier_flr"):
+            if name in table.attrs:
+                attrs[name] = table.attrs[name]
+
+    regime = xr.where(diverged, "3", xr.where(converged, "1", xr.where(at_chance, "3", split)))
+    regime = regime.astype(object).transpose("plr", "seed")
+    labels = xr.DataArray(np.array(LABELS, dtype=object), dims="label")
+    out |= {"regime": regime, "regime_mode": _mode(regime),
+            "regime_share": (regime == labels).mean("seed").assign_coords(label=labels)}
+    pool_seeds = regime2.all("seed").values
+    if tests is not None:
+        out |= _pooled(pool_seeds, tests.test_z, out["test_outcome"], regime, z_same, z_differ).data_vars
+    else:
+        unanimous = [runs[0] if len(set(runs)) == 1 else "mixed" for runs in regime.values]
+        out |= {"pooled": ("plr", pool_seeds), "regime_pooled": ("plr", np.array(unanimous, dtype=object))}
+    out |= _boundaries(regime)
+    attrs["description"] = ("regime of each (plr, seed): 1 convergence, 2A/2B chaotic equilibrium (2? undecided), "
+                            "3 divergence, from noise-aware tests; shares and pooled labels per PLR; boundary PLRs "
+                            "per seed and over all seeds with a bootstrap interval")
+    return xr.Dataset(out, coords={"plr": regime.plr, "seed": regime.seed}, attrs=attrs)
+
+
+def _boundaries(regime: xr.DataArray) -> dict[str, xr.DataArray]:
+    """Every boundary per seed (with its spread) and over all seeds (with its interval)."""
+    names = xr.DataArray(np.array(list(BOUNDARIES), dtype=object), dims="boundary")
+    need = {"2A|2B": {"2A", "2B"}}
+    per_seed = xr.concat([locate_boundary(regime, lower, upper, need.get(name))
+                          for name, (lower, upper) in BOUNDARIES.items()], dim=names).transpose("seed", "boundary")
+    pooled = np.array([boundary_interval(regime, lower, upper, need.get(name))
+                       for name, (lower, upper) in BOUNDARIES.items()])
+    log_boundary = np.log10(per_seed)
+    coords = {"boundary": names}
+    return {
+        "boundary_plr": per_seed.assign_coords(coords),
+        "boundary_log10_mean": log_boundary.mean("seed").assign_coords(coords),
+        "boundary_log10_std": log_boundary.std("seed").assign_coords(coords),
+        "boundary_geomean": (10 ** log_boundary.mean("seed")).assign_coords(coords),
+        **{f"boundary_{part}": xr.DataArray(pooled[:, i], dims="boundary", coords=coords)
+           for i, part in enumerate(("fit", "low", "high"))},
+    }
+
+
+def _dataset_facts(tree: xr.DataTree) -> tuple[float, int]:
+    """Chance accuracy and test-set size of the store's dataset (its first data seed)."""
     spec = Spec.from_dict(tree.attrs["spec"])
-    return 1 / DATASETS[spec.dataset].load(spec.data_options, spec.data_seeds[0]).n_classes
+    data = DATASETS[spec.dataset].load(spec.data_options, spec.data_seeds[0])
+    return 1 / data.n_classes, int(data.y_test.shape[0])
 
 
 def _final(metrics: xr.Dataset, name: str) -> xr.DataArray:
     return metrics[name].isel(epoch=-1, drop=True).drop_vars("step", errors="ignore")
 
 
-def _ft_barrier(tree: xr.DataTree, barriers: xr.Dataset, runs: xr.DataArray) -> xr.DataArray:
-    """Test barrier between the lowest- and highest-FLR fine-tuned solutions, over ``runs``' (plr, seed)."""
+def _ft_pair(tree: xr.DataTree, barriers: xr.Dataset, runs: xr.DataArray) -> xr.Dataset:
+    """``test_barrier`` and ``test_error`` of the FT-low ↔ FT-high pair, over ``runs``' (plr, seed)."""
     low, high = resolve(tree, "ft_low"), resolve(tree, "ft_high")
     found = [i for i, (a, b) in enumerate(zip(barriers.pair_a.values, barriers.pair_b.values))
              if {str(a), str(b)} == {low, high}]
     if not found:
         raise LrscanError(f"the barriers result has no pair {low}~{high} (FT low ~ FT high), which the 2A test "
                           "reads; compute barriers with the default pairs")
-    out = barriers.test_barrier.isel(pair=found[0]).drop_vars(["pair", "pair_a", "pair_b"], errors="ignore")
+    if "test_error" not in barriers:
+        raise LrscanError("the barriers result has no test_error curve, from which the 2A barrier test reads its "
+                          "noise; compute barriers with lrscan")
+    out = barriers[["test_barrier", "test_error"]].isel(pair=found[0]).drop_vars(["pair", "pair_a", "pair_b"],
+                                                                                 errors="ignore")
     try:
         out, _ = xr.align(out.load(), runs, join="exact")
     except ValueError:
@@ -107,155 +567,95 @@ def _ft_barrier(tree: xr.DataTree, barriers: xr.Dataset, runs: xr.DataArray) -> 
     return out
 
 
-@analyzer("regimes", needs=("pretrain",), after=("barriers",))
-def regimes(
+def regime_table(
     tree: xr.DataTree,
-    convergence_loss: float = 1e-2,
-    chance_margin: float = 0.02,
-    flr_spread: float = 0.05,
-    swa_gap: float = 0.04,
-    barrier_max: float = 1.0,
     window: float = 20.0,
-    swa_k: int = 5,
-    lower_flr_only: bool = True,
     chance: float | None = None,
+    n_test: int | None = None,
     barriers: xr.Dataset | None = None,
 ) -> xr.Dataset:
-    """Regime of every (plr, seed) and the PLRs of the regime boundaries, with their spread.
-
-    Rules, applied in this order to each run (all on stored data, no PLR is hand-set):
-
-    1. **3 (divergence)** when the run diverged (``diverged_epoch`` finite).
-    2. **1 (convergence)** when the final pre-training train loss is below
-       ``convergence_loss`` (the study's operational 1e-2). A converged run stays in 1 even
-       if its test accuracy is poor: the regimes are regimes of the optimisation.
-    3. **3 (divergence)** when the pre-training test accuracy, averaged over the logged
-       epochs of the last ``window`` epochs (as ``metrics``' ``pt_test_acc_mean``), is at
-       most chance + ``chance_margin``, or is not finite.
-    4. Otherwise regime 2, split by fine-tuning when the store has it: **2A** when all of
-       - the final FT test accuracies over the FLRs spread (max − min) by at most
-         ``flr_spread``;
-       - with SWA stored: the SWA solution of the K closest to ``swa_k`` falls short of the
-         best FT accuracy by at most ``swa_gap``;
-       - with a barriers result (``barriers``, or a persisted ``/analysis/barriers``): the
-         test barrier between the lowest- and highest-FLR FT solutions is at most
-         ``barrier_max``;
-       else **2B**. A fine-tuning run that diverged fails the test it enters. Without
-       fine-tuning data the label stays **2**.
-
-    Fine-tuning means lowering the LR: with ``lower_flr_only`` only FLRs below the PLR
-    count (FT at FLR ≥ PLR is pre-training at another LR, which for a PLR near the
-    convergence threshold may itself land in 2B and would hide a 2A run); a PLR with no
-    lower FLR stays **2**, and the barrier test is skipped where the highest FLR is not below
-    the PLR.
-
-    Defaults for the 2A tests: the spread is a max − min over up to 11 FLRs of accuracies
-    whose standard error is about 1% on the synthetic test set (2,000 samples), so 5% for
-    ``flr_spread`` and 4% for ``swa_gap`` separate "the same accuracy" from the FLR
-    dependence of 2B, which grows to 10% and more; on the default synthetic store these
-    defaults give a 2A band just above the convergence threshold, where FT-low ↔ FT-high
-    barriers are ≈ 0, as in the study. ``barrier_max`` is in the barriers' unit (percent of
-    error, SPEC §5): 2A barriers are ≈ 0, and 1% leaves room for the noise of the test
-    error of points measured on a few thousand samples. Setups with larger test sets or
-    other accuracy levels may want tighter values: every threshold is an option.
-
-    Boundaries: for "1|2" (the convergence threshold), "2A|2B" and "2|3", each seed's scan
-    in increasing PLR is fitted by :func:`locate_boundary`, which places the boundary at the
-    geometric mean of the PLRs on either side of the best-fitting step, so noisy,
-    non-monotone scans still give one boundary. "2A|2B" needs a seed with 2A or 2B labels.
+    """The per-run quantities the regime rules read, from a finished store (the input of :func:`classify`).
 
     Parameters
     ----------
     tree
         An opened, finished store.
-    convergence_loss
-        Final pre-training train loss below which a run has converged.
-    chance_margin
-        Accuracy above chance that a run must exceed not to count as diverged.
-    flr_spread
-        Largest spread of FT accuracies over FLRs in 2A.
-    swa_gap
-        Largest shortfall of the SWA accuracy below the best FT accuracy in 2A.
-    barrier_max
-        Largest FT-low ↔ FT-high test barrier in 2A.
     window
-        Epochs at the end of pre-training whose test accuracy is averaged.
-    swa_k
-        SWA window whose solution is compared (the stored K closest to it).
-    lower_flr_only
-        Count only FLRs below the PLR.
+        Epochs at the end of pre-training whose test accuracy is averaged (as ``metrics``'
+        ``pt_test_acc_mean``).
     chance
         Accuracy of guessing; default 1 / number of classes of the store's dataset.
+    n_test
+        Samples of the test set; default the size of the store's dataset's test set.
     barriers
-        A ``barriers`` result, ``test_barrier(plr, seed, pair)``; default the persisted one.
+        A ``barriers`` result with the FT-low ↔ FT-high pair; default the persisted one, if any.
 
     Returns
     -------
     xr.Dataset
-        ``regime(plr, seed)`` (labels as strings), ``regime_mode(plr)``, the quantities the
-        rules read — ``pt_train_loss``, ``pt_test_acc_mean``, and where fine-tuning exists
-        ``ft_acc_spread``, ``ft_best_acc``, ``swa_shortfall``, ``ft_barrier`` (plr, seed) —
-        and ``boundary_plr(seed, boundary)``, ``boundary_log10_mean``, ``boundary_log10_std``
-        (over seeds, ddof 0) and ``boundary_geomean`` (boundary). attrs: ``chance`` and every
-        threshold used. Computed eagerly: the inputs are one number per run.
+        The table :func:`classify` documents. Loaded: the inputs are one number per run.
     """
     require_complete(tree)
-    if chance is None:
-        chance = _chance(tree)
+    if chance is None or n_test is None:
+        facts = _dataset_facts(tree)
+        chance, n_test = facts[0] if chance is None else chance, facts[1] if n_test is None else n_test
     pt = pretrain(tree)
     pt_train_loss = _final(pt, "train_loss").load()
-    pt_test_acc_mean = last_window(pt, window).test_acc.mean("epoch", skipna=False).load()
-    diverged = pt.diverged_epoch.notnull().load()
-    converged = pt_train_loss < convergence_loss
-    at_chance = ~(pt_test_acc_mean > chance + chance_margin)
-
-    out = {"pt_train_loss": pt_train_loss, "pt_test_acc_mean": pt_test_acc_mean}
-    attrs = {"chance": chance, "convergence_loss": convergence_loss, "chance_margin": chance_margin,
-             "window": window}
-    two = xr.full_like(pt_train_loss, "2", dtype=object)
+    table = xr.Dataset(
+        {"pt_train_loss": pt_train_loss,
+         "pt_test_acc_mean": last_window(pt, window).test_acc.mean("epoch", skipna=False).load(),
+         "diverged": pt.diverged_epoch.notnull().load()},
+        attrs={"n_test": int(n_test), "chance": float(chance), "window": window},
+    )
     if "finetune" in tree.children:
-        ft = _final(tree["finetune/metrics"].to_dataset(), "test_acc").load()
-        counted = ft.flr < ft.plr if lower_flr_only else xr.ones_like(ft.flr * ft.plr, dtype=bool)
-        ft = ft.where(counted)
-        ft_failed = (counted & ft.isnull()).any("flr")
-        ft_best_acc = ft.max("flr")
-        ft_acc_spread = (ft_best_acc - ft.min("flr")).where(~ft_failed)
-        is_2a = ft_acc_spread <= flr_spread
-        out |= {"ft_best_acc": ft_best_acc, "ft_acc_spread": ft_acc_spread}
-        attrs |= {"flr_spread": flr_spread, "lower_flr_only": lower_flr_only}
+        table["ft_test_acc"] = _final(tree["finetune/metrics"].to_dataset(), "test_acc").load()
         if "swa" in tree.children:
-            swa = tree["swa/metrics"].to_dataset()
-            k = int(min(swa.swa.values, key=lambda v: (abs(v - swa_k), v)))
-            swa_shortfall = ft_best_acc - swa.test_acc.sel(swa=k, drop=True).load()
-            is_2a &= swa_shortfall <= swa_gap
-            out["swa_shortfall"] = swa_shortfall
-            attrs |= {"swa_gap": swa_gap, "swa_k": k}
+            table["swa_test_acc"] = tree["swa/metrics"].to_dataset().test_acc.load()
         if barriers is None and "analysis" in tree.children and "barriers" in tree["analysis"].children:
             barriers = tree["analysis/barriers"].to_dataset()
         if barriers is not None:
-            ft_barrier = _ft_barrier(tree, barriers, pt_train_loss)
-            applies = (ft.flr.max() < ft.plr) if lower_flr_only else xr.ones_like(ft.plr, dtype=bool)
-            is_2a &= (ft_barrier <= barrier_max) | ~applies
-            out["ft_barrier"] = ft_barrier
-            attrs["barrier_max"] = barrier_max
-        two = xr.where(counted.any("flr"), xr.where(is_2a, "2A", "2B"), two)
+            pair = _ft_pair(tree, barriers, pt_train_loss)
+            table["ft_barrier"] = pair.test_barrier
+            table["ft_barrier_se"] = barrier_se(pair.test_error, int(n_test))
+            flr = tree.attrs["spec"]["sweep"]["flr"]
+            table.attrs |= {"barrier_points": pair.sizes["alpha"] - 2, "barrier_flr": [min(flr), max(flr)]}
+    return table
 
-    regime = xr.where(diverged, "3", xr.where(converged, "1", xr.where(at_chance, "3", two)))
-    regime = regime.astype(object).transpose("plr", "seed")
-    boundary = xr.concat(
-        [locate_boundary(regime, lower, upper, {"2A", "2B"} if name == "2A|2B" else None)
-         for name, (lower, upper) in BOUNDARIES.items()],
-        dim=xr.DataArray(np.array(list(BOUNDARIES), dtype=object), dims="boundary"),
-    ).transpose("seed", "boundary")
-    log_boundary = np.log10(boundary)
-    out |= {
-        "regime": regime,
-        "regime_mode": _mode(regime),
-        "boundary_plr": boundary,
-        "boundary_log10_mean": log_boundary.mean("seed"),
-        "boundary_log10_std": log_boundary.std("seed"),
-        "boundary_geomean": 10 ** log_boundary.mean("seed"),
-    }
-    attrs["description"] = ("regime of each (plr, seed): 1 convergence, 2A/2B chaotic equilibrium, "
-                            "3 divergence; boundary PLRs per seed and their spread")
-    return xr.Dataset(out, attrs=attrs)
+
+@analyzer("regimes", needs=("pretrain",), after=("barriers",))
+def regimes(
+    tree: xr.DataTree,
+    convergence_loss: float = 1e-2,
+    chance_margin: float = 0.02,
+    z_same: float = 2.0,
+    z_differ: float = 3.0,
+    window: float = 20.0,
+    lower_flr_only: bool = True,
+    chance: float | None = None,
+    n_test: int | None = None,
+    barriers: xr.Dataset | None = None,
+) -> xr.Dataset:
+    """Regime of every (plr, seed), decided within the measured noise, and the regime boundaries.
+
+    :func:`regime_table` reads the per-run quantities from the store and :func:`classify`
+    decides; see :func:`classify` for the rules, the noise model and when seeds are pooled.
+
+    Parameters
+    ----------
+    tree
+        An opened, finished store.
+    convergence_loss, chance_margin, z_same, z_differ, lower_flr_only
+        As for :func:`classify`.
+    window, chance, n_test, barriers
+        As for :func:`regime_table`.
+
+    Returns
+    -------
+    xr.Dataset
+        As :func:`classify`; attrs also ``window``. Computed eagerly.
+    """
+    table = regime_table(tree, window=window, chance=chance, n_test=n_test, barriers=barriers)
+    result = classify(table, convergence_loss=convergence_loss, chance_margin=chance_margin, z_same=z_same,
+                      z_differ=z_differ, lower_flr_only=lower_flr_only)
+    result.attrs["window"] = window
+    return result
