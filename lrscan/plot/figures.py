@@ -47,11 +47,12 @@ PANEL_WIDTH, PANEL_HEIGHT, DPI = 560, 420, 100
 BARRIER_FLOOR = 0.01
 # The "best PLR range": PLRs whose best fine-tuned accuracy is within this many points of the best.
 BEST_MARGIN = 1.0
-REGIME_COLORS = {"1": "#4C72B0", "2A": "#55A868", "2": "#CCB974", "2B": "#DD8452", "3": "#C44E52"}
+REGIME_COLORS = {"1": "#4C72B0", "2A": "#55A868", "2": "#CCB974", "2?": "#A0A0A0", "2B": "#DD8452", "3": "#C44E52"}
 REGIME_NAMES = {"1": "convergence", "2A": "chaotic equilibrium, 2A", "2": "chaotic equilibrium",
-                "2B": "chaotic equilibrium, 2B", "3": "divergence"}
+                "2?": "chaotic equilibrium, 2A or 2B undecided within the noise", "2B": "chaotic equilibrium, 2B",
+                "3": "divergence"}
 SHADING = ("Shading: each PLR's most common regime over seeds (1 convergence, 2A / 2B chaotic equilibrium, "
-           "3 divergence); dashed lines: the regime boundaries, geometric mean over seeds.")
+           "2? undecided, 3 divergence); dashed lines: the regime boundaries, geometric mean over seeds.")
 
 PLR = hv.Dimension("plr", label="PLR (effective learning rate)")
 EPOCH = hv.Dimension("epoch", label="epoch")

@@ -55,7 +55,7 @@ class Observation:
     Attributes
     ----------
     labels
-        Regime label of each seed ("1", "2A", "2", "2B", "3").
+        Regime label of each seed ("1", "2A", "2", "2?", "2B", "3").
     score
         The accuracy the recommended PLR maximises (the scan uses the final fine-tuned test
         accuracy, mean over seeds, best over the FLRs below the PLR); NaN when there is none.
