@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from torch.nn import functional as F
 
 import lrscan
-from lrscan.analyze import grad_norms
+from lrscan.analyze import evaluate, grad_norms
 from lrscan.analyze.evaluate import Evaluator
 from lrscan.analyze.run import analyze
 from lrscan.analyze.solutions import solution_weights
@@ -119,7 +119,7 @@ def test_blocks_of_solutions_give_the_same_values(trained_small, monkeypatch):
     tree = lrscan.open(trained_small)
     whole = tree.lrscan.solution_grad_norm()
     n_params = tree["layers"]["stop"].values.max()
-    monkeypatch.setattr(grad_norms, "BLOCK_VALUES", int(n_params) * 3)  # 3 solutions per block, across runs
+    monkeypatch.setattr(evaluate, "BLOCK_VALUES", int(n_params) * 3)  # 3 solutions per block, across runs
     xr.testing.assert_allclose(tree.lrscan.solution_grad_norm(), whole, rtol=1e-6)
 
 

@@ -7,7 +7,9 @@ the training runs.
 
 from __future__ import annotations
 
-from functools import cached_property, partial
+import json
+from functools import cached_property, lru_cache, partial
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -21,6 +23,45 @@ from lrscan.train.sweep import Setup
 
 # How BatchNorm layers score a point (see Evaluator.evaluate).
 BN_MODES = ("eval", "train")
+# Float32 weights an analysis holds at once (64 MiB): a block of solutions, whatever their number.
+BLOCK_VALUES = 1 << 24
+# Most solutions of a batched model scored together (their activations are per solution).
+MAX_BLOCK = 256
+
+
+def blocks(weights: xr.DataArray, data_index: xr.DataArray, keep: tuple[str, ...] = ("param",),
+           copies: int = 1) -> Iterator[tuple[slice, np.ndarray, np.ndarray]]:
+    """The rows of ``weights`` block by block, so that memory does not grow with their number.
+
+    Parameters
+    ----------
+    weights
+        Solutions (..., param), lazy or not; its rows are every index of the dims not in
+        ``keep``, in order (C order of the shape without them).
+    data_index
+        Each seed's data set (:meth:`Evaluator.data_index`), broadcast along the rows.
+    keep
+        The dims of one row (``("end", "param")`` for the two ends of a path).
+    copies
+        Vectors the caller makes of each row's values (the points of a path): the block is
+        sized so that all of them fit the budget (:data:`BLOCK_VALUES`).
+
+    Yields
+    ------
+    (slice, np.ndarray, np.ndarray)
+        The block's rows, their values (n, *keep) — only this block's chunks are read — and
+        their data indices (n,).
+    """
+    runs = weights.isel({dim: 0 for dim in keep}, drop=True)
+    data = data_index.broadcast_like(runs).transpose(*runs.dims).values.ravel()
+    index = np.indices(runs.shape).reshape(runs.ndim, -1)
+    size = max(1, min(MAX_BLOCK, BLOCK_VALUES // (copies * int(np.prod([weights.sizes[d] for d in keep])))))
+    for first in range(0, index.shape[1], size):
+        block = index[:, first:first + size]
+        # Pointwise selection reads only the chunks of this block's solutions.
+        picked = weights.isel({dim: xr.DataArray(block[i], dims="row") for i, dim in enumerate(runs.dims)})
+        rows = slice(first, first + block.shape[1])
+        yield rows, picked.transpose("row", *keep).values, data[rows]
 
 
 class Evaluator:
@@ -41,7 +82,9 @@ class Evaluator:
 
     @classmethod
     def of(cls, tree: xr.DataTree) -> "Evaluator":
-        return cls(Spec.from_dict(tree.attrs["spec"]))
+        """The evaluator of a store's spec; the last one is kept, so that the analyzers of one
+        ``lrscan analyze`` load the data once."""
+        return _evaluator(json.dumps(tree.attrs["spec"], sort_keys=True))
 
     @cached_property
     def sets(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -124,3 +167,8 @@ class Evaluator:
         """Each seed's position among the store's data seeds, along ``seed``."""
         seeds = tree["pretrain/metrics"]["data_seed"].values
         return xr.DataArray([self.data_seeds.index(int(s)) for s in seeds], dims="seed")
+
+
+@lru_cache(maxsize=1)
+def _evaluator(spec: str) -> Evaluator:
+    return Evaluator(Spec.from_dict(json.loads(spec)))

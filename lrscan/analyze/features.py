@@ -13,7 +13,7 @@ import numpy as np
 import xarray as xr
 
 from lrscan.analyze import analyzer
-from lrscan.analyze.evaluate import Evaluator
+from lrscan.analyze.evaluate import Evaluator, blocks
 from lrscan.analyze.solutions import require_complete, solution_weights
 from lrscan.errors import LrscanError
 
@@ -106,14 +106,15 @@ def features(tree: xr.DataTree, noise_floor: float | None = None) -> xr.Dataset:
     if SPLIT not in evaluator.sets:
         raise LrscanError(f"features needs single-feature test sets, which dataset "
                           f"{tree.attrs['spec']['sweep']['dataset']!r} does not have (only ticks does)")
-    weights = solution_weights(tree).load()
+    weights = solution_weights(tree)
     runs = weights.isel(param=0, drop=True)
-    flat = weights.values.reshape(-1, weights.sizes["param"])
-    data = evaluator.data_index(tree).broadcast_like(runs).transpose(*runs.dims).values.reshape(-1)
-    _, feature_acc = evaluator.evaluate(flat, data, split=SPLIT)
-    _, test_acc = evaluator.evaluate(flat, data, split="test")
-
     n_features, n_single = evaluator.sets[SPLIT][1].shape[-2:]
+    feature_acc = np.empty((runs.size, n_features), dtype=np.float32)
+    test_acc = np.empty(runs.size, dtype=np.float32)
+    for rows, flat, data in blocks(weights, evaluator.data_index(tree)):
+        feature_acc[rows] = evaluator.evaluate(flat, data, split=SPLIT)[1]
+        test_acc[rows] = evaluator.evaluate(flat, data, split="test")[1]
+
     chance = 1 / evaluator.setup.data[evaluator.data_seeds[0]].n_classes
     if noise_floor is None:
         noise_floor = 2 * float(np.sqrt(chance * (1 - chance) / n_single))

@@ -17,7 +17,7 @@ import torch
 import xarray as xr
 
 from lrscan.analyze import analyzer
-from lrscan.analyze.evaluate import Evaluator
+from lrscan.analyze.evaluate import Evaluator, blocks
 from lrscan.analyze.solutions import label, require_complete, resolve, solution_weights
 from lrscan.data import to_pixels
 from lrscan.data.frequency import BAND_NAMES, LOW_MID, NORMALISE, band_edges, band_filter, band_inputs
@@ -88,24 +88,29 @@ def frequency(tree: xr.DataTree, low_mid_sweep: Sequence[int] = SWEEP, swa_k: in
     edges = band_edges(size)
     sweep = [band_edges(size, int(b)) for b in low_mid_sweep]
 
-    weights = solution_weights(tree).sel(solution=_solutions(tree, swa_k)).load()
+    weights = solution_weights(tree).sel(solution=_solutions(tree, swa_k))
     runs = weights.isel(param=0, drop=True)
-    flat = weights.values.reshape(-1, weights.sizes["param"])
-    data = evaluator.data_index(tree).broadcast_like(runs).transpose(*runs.dims).values.reshape(-1)
+    data_index = evaluator.data_index(tree)
 
-    def accuracy(edges_, bands=slice(None)) -> np.ndarray:
+    def accuracy(split, n_bands: int | None) -> np.ndarray:
+        """Accuracy of every solution on a set, block by block of solutions (the set made once)."""
+        acc = np.empty((runs.size,) if n_bands is None else (runs.size, n_bands), dtype=np.float32)
+        for rows, flat, data in blocks(weights, data_index):
+            acc[rows] = evaluator.evaluate(flat, data, split=split)[1]
+        return acc.reshape(*runs.shape, *acc.shape[1:])
+
+    def band_accuracy(edges_, bands=slice(None)) -> np.ndarray:
         x, y = _band_sets(evaluator, edges_, normalise)
-        x, y = x[:, bands], y[:, bands]
-        return evaluator.evaluate(flat, data, split=(x, y))[1].reshape(*runs.shape, y.shape[1])
+        return accuracy((x[:, bands], y[:, bands]), y[:, bands].shape[1])
 
     dims = (*runs.dims, "band")
     out = xr.Dataset(coords={**runs.coords, "band": np.array(BAND_NAMES, dtype=object)})
-    band_acc = accuracy(edges)
+    band_acc = band_accuracy(edges)
     out["band_acc"] = xr.DataArray(band_acc, dims=dims)
-    out["test_acc"] = xr.DataArray(evaluator.evaluate(flat, data, split="test")[1].reshape(runs.shape), dims=runs.dims)
+    out["test_acc"] = xr.DataArray(accuracy("test", None), dims=runs.dims)
     if sweep:
         # Moving the low/mid boundary changes only those two bands; the study's own is already scored.
-        low_mid = [band_acc[..., 1:3] if e == edges else accuracy(e, slice(1, 3)) for e in sweep]
+        low_mid = [band_acc[..., 1:3] if e == edges else band_accuracy(e, slice(1, 3)) for e in sweep]
         out["sweep_acc"] = xr.DataArray(np.stack(low_mid, -2), dims=(*runs.dims, "low_mid", "sweep_band"),
                                         coords={"low_mid": list(low_mid_sweep),
                                                 "sweep_band": np.array(["low", "mid"], dtype=object)})

@@ -14,7 +14,7 @@ import numpy as np
 import xarray as xr
 
 from lrscan.analyze import analyzer
-from lrscan.analyze.evaluate import BN_MODES, Evaluator
+from lrscan.analyze.evaluate import BN_MODES, Evaluator, blocks
 from lrscan.analyze.solutions import default_pairs, resolve, si_slices, solution_weights
 from lrscan.errors import LrscanError
 from lrscan.registry import closest
@@ -170,24 +170,29 @@ def barriers(tree: xr.DataTree, pairs=None, swa_k: int = 5, n_points: int | None
     weights = solution_weights(tree)
     ends_a, ends_b = _pairs(tree, weights.solution.values, pairs, swa_k)
     n_points = _n_points(tree, n_points)
-    # One compute for both ends, so a chunk holding several of them is read once.
-    ends = xr.Dataset(
-        {"a": _select_pairs(weights, "solution", ends_a), "b": _select_pairs(weights, "solution", ends_b)}
-    ).compute()
+    # Both ends side by side along a new axis, so a block reads its pairs' chunks once.
+    ends = xr.concat([_select_pairs(weights, "solution", ends_a), _select_pairs(weights, "solution", ends_b)],
+                     dim="end").transpose("plr", "seed", "pair", "end", "param")
     alpha = np.linspace(0, 1, n_points)
     # float32 like the stored weights: the projection and the model work in float32 anyway.
-    step = xr.DataArray(alpha.astype(np.float32), dims="alpha")
-    points = ((1 - step) * ends.a + step * ends.b).transpose("plr", "seed", "pair", "alpha", "param")
+    step = alpha.astype(np.float32)[None, :, None]
     evaluator = Evaluator.of(tree)
-    data_index = evaluator.data_index(tree).broadcast_like(points.isel(param=0, drop=True))
-    data_index = data_index.transpose("plr", "seed", "pair", "alpha").values.ravel()
-    flat = evaluator.construct(points.values.reshape(-1, points.sizes["param"]), data_index)
-    out = xr.Dataset(coords={**ends.drop_vars("param").coords, **_pair_coords(ends_a, ends_b), "alpha": alpha})
+    paths = ends.isel(end=0, param=0, drop=True)
+    accuracy = {split: np.empty((paths.size, n_points), dtype=np.float32) for split in ("train", "test")}
+    # Block by block of paths (at least one), each path's points built, made valid and scored,
+    # so that memory does not grow with the number of paths.
+    for rows, pair_ends, data in blocks(ends, evaluator.data_index(tree), keep=("end", "param"), copies=n_points):
+        a, b = pair_ends[:, :1], pair_ends[:, 1:]  # (n, 1, P) each
+        points = ((1 - step) * a + step * b).reshape(-1, a.shape[-1])
+        index = np.repeat(data, n_points)
+        points = evaluator.construct(points, index)
+        for split, mode in (("train", bn_mode), ("test", "eval")):
+            accuracy[split][rows] = evaluator.evaluate(points, index, split, bn_mode=mode)[1].reshape(-1, n_points)
+    out = xr.Dataset(coords={**paths.coords, **_pair_coords(ends_a, ends_b), "alpha": alpha})
     for split, mode in (("train", bn_mode), ("test", "eval")):
-        _, accuracy = evaluator.evaluate(flat, data_index, split, bn_mode=mode)
-        error = 100 * (1 - accuracy.astype(np.float64))
+        error = 100 * (1 - accuracy[split].astype(np.float64))
         out[f"{split}_error"] = xr.DataArray(
-            error.reshape(points.shape[:-1]), dims=("plr", "seed", "pair", "alpha"),
+            error.reshape(*paths.shape, n_points), dims=("plr", "seed", "pair", "alpha"),
             attrs={"units": "%", "bn_mode": mode,
                    "description": f"{split} error along the path from pair_a to pair_b"},
         )

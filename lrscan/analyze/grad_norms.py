@@ -17,17 +17,13 @@ import torch
 import xarray as xr
 
 from lrscan.analyze import analyzer
-from lrscan.analyze.evaluate import BN_MODES, Evaluator
+from lrscan.analyze.evaluate import BN_MODES, Evaluator, blocks
 from lrscan.analyze.solutions import label, require_complete, resolve, solution_weights
 from lrscan.errors import LrscanError
 from lrscan.registry import closest
 from lrscan.train.engine import Engine, batch_norms, loss_and_correct
 
 SPLITS = ("train", "test")
-# Float32 weights held at once (64 MiB): a block of solutions, whatever their number.
-BLOCK_VALUES = 1 << 24
-# Most solutions of a batched model stepped together (their activations are per solution).
-MAX_BLOCK = 256
 
 
 @analyzer("solution_grad_norm", needs=("pretrain",))
@@ -84,17 +80,9 @@ def solution_grad_norm(tree: xr.DataTree, solutions: Sequence[str] | None = None
     x, y = (t.to(evaluator.setup.device) for t in evaluator.sets[split])
     starts = _batch_starts(x.shape[1], size, drop_last, split)
     runs = weights.isel(param=0, drop=True)
-    data = evaluator.data_index(tree).broadcast_like(runs).transpose(*runs.dims).values.ravel()
-    index = np.indices(runs.shape).reshape(runs.ndim, -1)
-    rows = max(1, min(MAX_BLOCK, BLOCK_VALUES // weights.sizes["param"]))
-    out = np.full((3, index.shape[1]), np.nan)
-    for first in range(0, index.shape[1], rows):
-        block = index[:, first:first + rows]
-        # Pointwise selection reads only the chunks of this block's solutions.
-        picked = weights.isel({dim: xr.DataArray(block[i], dims="row") for i, dim in enumerate(runs.dims)})
-        out[:, first:first + block.shape[1]] = measure(evaluator, picked.transpose("row", "param").values,
-                                                        data[first:first + rows],
-                                                        (x, y), starts, size, bn_mode)
+    out = np.full((3, runs.size), np.nan)
+    for rows, flat, data in blocks(weights, evaluator.data_index(tree)):
+        out[:, rows] = measure(evaluator, flat, data, (x, y), starts, size, bn_mode)
     dims = runs.dims
     return xr.Dataset(
         {name: (dims, values.reshape(runs.shape)) for name, values in zip(("grad_norm", "loss", "acc"), out)},
