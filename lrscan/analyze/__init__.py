@@ -9,7 +9,7 @@ arrays in, dask arrays out), except where it must run the model on data. Registe
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import xarray as xr

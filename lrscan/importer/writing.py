@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import zlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -35,7 +34,7 @@ from lrscan.importer.reading import (
 )
 from lrscan.models import official_names
 from lrscan.spec import Spec, parse_override
-from lrscan.store import canonical_nan, create_or_check, read_spec, run_checksum
+from lrscan.store import RunEnd, StoreCheckpoints, StoreWriter, create_or_check, read_spec
 from lrscan.train.engine import Layer, si_norm
 from lrscan.train.loop import METRICS
 from lrscan.train.sweep import Progress, Setup, Sweep
@@ -237,7 +236,7 @@ def import_checkpoints(
                           accuracy=units, seed_axis=axis.kind)
     todo = _plan_runs(root, runs, spec, setup, axis, allow_missing, result)
     paths = lambda files: len({c.path for _, c in files})  # noqa: E731
-    job = _Job(root, layers, reader, units, radius, "si" if setup.entry.update == "sphere" else "trainable",
+    job = _Job(StoreWriter(store), layers, reader, units, radius, "si" if setup.entry.update == "sphere" else "trainable",
                setup.plan.steps_per_epoch, sum(paths(files) for *_, files in todo), progress,
                "" if accuracy != "auto" else FRACTION_DECIDED)
     for stage, index, files in todo:
@@ -384,7 +383,7 @@ def _record_meanings(root: zarr.Group, seen: set[str]) -> None:
 class _Job:
     """What every run of one import shares, and the count of files read."""
 
-    root: zarr.Group
+    writer: StoreWriter
     layers: Sequence[Layer]
     reader: Reader
     units: Mapping[str, str]
@@ -400,31 +399,16 @@ class _Job:
     def write_run(self, stage_name: str, stage, index: tuple[int, ...], files) -> None:
         """Import one run: its weights chunk by chunk, then metrics, divergence, checksum, done.
 
-        A chunk's rows are gathered (a chunk holds about 8 MB, or one checkpoint) and written
-        whole, so each chunk is written once and unwritten rows are written as NaN: the
-        checksum then describes exactly what is stored, whatever an interrupted import left.
+        Through the trainer's own write path (:class:`lrscan.store.StoreCheckpoints`, then
+        :meth:`~lrscan.store.StoreWriter.finish_runs`): a chunk's rows are gathered and
+        written whole, rows without a file stay NaN, and the checksum describes exactly what
+        is stored, whatever an interrupted import left.
         """
-        weights = self.root[f"{stage_name}/weights/weights"]
-        stored = self.root[f"{stage_name}/metrics"]
-        n_rows, n_params = weights.shape[-2:]
-        per_chunk = weights.chunks[-2]
+        sink = StoreCheckpoints(self.writer, stage_name, [index])
         row_of = {int(s): i for i, s in enumerate(stage.checkpoint_steps)}
         log_of = {int(s): i for i, s in enumerate(stage.log_steps)}
         values = {name: np.full(len(log_of), np.nan, dtype=np.float32) for name in METRICS}
-        crc, diverged = 0, float("nan")
-        chunk, block = 0, None
-
-        def empty(c: int) -> np.ndarray:
-            return np.full((min(per_chunk, n_rows - c * per_chunk), n_params), np.nan, dtype=np.float32)
-
-        def write_until(stop: int) -> None:
-            nonlocal crc, chunk, block
-            for c in range(chunk, stop):
-                rows = block if c == chunk and block is not None else empty(c)
-                weights[index + (slice(c * per_chunk, c * per_chunk + rows.shape[0]),)] = rows
-                crc = zlib.crc32(rows.tobytes(), crc)
-            chunk, block = stop, None
-
+        diverged = float("nan")
         for i, (step, ckpt) in enumerate(files):
             flat, raw = self.reader.read(ckpt)
             scores = metrics(raw, self.units, ckpt.name, self.decided)
@@ -434,12 +418,7 @@ class _Job:
             if self.radius is not None and flat is not None:
                 check_norm(norm, self.radius, ckpt.name)
             if flat is not None and step in row_of:
-                row = row_of[step]
-                if row // per_chunk != chunk:
-                    write_until(row // per_chunk)
-                if block is None:
-                    block = empty(chunk)
-                block[row - chunk * per_chunk] = flat
+                sink.put(row_of[step], flat[None])
             if step in log_of:
                 for name, value in scores.items():
                     values[name][log_of[step]] = value
@@ -451,11 +430,5 @@ class _Job:
                 self.count += 1
                 if self.progress is not None:
                     self.progress(Progress(stage_name, self.count, self.total))
-        write_until(-(-n_rows // per_chunk))
-        values = {name: canonical_nan(v) for name, v in values.items()}  # one NaN bit pattern, as for the weights
-        for name, v in values.items():
-            stored[name][index] = v
-        stored["diverged_epoch"][index] = diverged
-        # As StoreWriter does: the checksum after the data, the done flag last.
-        stored["checksum"][index] = run_checksum(crc, values, diverged)
-        stored["done"][index] = 1
+        sink.result()
+        self.writer.finish_runs(stage_name, [RunEnd(index, values, int(sink.crc[0]), diverged)])

@@ -21,10 +21,10 @@ from lrscan.data import DATASETS, Data
 from lrscan.errors import LrscanError
 from lrscan.models import MODELS
 from lrscan.spec import Spec
-from lrscan.store import (Claim, RunData, RunEnd, StoreWriter, WeightBlock, beside, create_or_check, is_local,
-                          weight_chunk_rows, weights_crc)
+from lrscan.store import (Claim, RunData, RunEnd, StoreCheckpoints, StoreWriter, beside, create_or_check, is_local,
+                          weight_chunk_rows)
 from lrscan.train.engine import Engine, flat_state, layout, project, swa_average, to_numpy
-from lrscan.train.loop import EVAL_CHUNK, Checkpoints, DeviceData, Snapshot, run_stage, seed_key
+from lrscan.train.loop import EVAL_CHUNK, DeviceData, Snapshot, run_stage, seed_key
 from lrscan.train.plan import Plan
 
 # Checkpoints a batch of runs holds on the host (one weight chunk per run, streamed to the
@@ -395,56 +395,6 @@ class SnapshotFile:
         self.path.unlink(missing_ok=True)
 
 
-class StoreCheckpoints(Checkpoints):
-    """Checkpoints streamed into the store as a stage produces them.
-
-    Each run of the batch that is still to do gets one weight chunk's rows on the host
-    (``weight_chunk_rows`` of the store's layout); a chunk is written whole as soon as its
-    last row arrives, and the CRC-32 of every run's weights is chained chunk by chunk in row
-    order, as :func:`lrscan.store.run_checksum` reads them back. Runs of the batch that are
-    already done are trained (the batch's floats do not depend on what is done) but not
-    written. A snapshot carries the chunk being filled and the CRCs so far.
-    """
-
-    def __init__(self, writer: StoreWriter, stage: str, batch: Batch, n_rows: int, n_params: int):
-        self.writer, self.stage = writer, stage
-        self.todo = [i for i, idx in enumerate(batch.runs) if idx in batch.todo]
-        self.index = [batch.runs[i] for i in self.todo]
-        self.n_rows, self.per_chunk = n_rows, weight_chunk_rows(n_rows, n_params)
-        self.chunk = 0
-        self.block = np.full((len(self.todo), self.per_chunk, n_params), np.nan, dtype=np.float32)
-        self.crc = np.zeros(len(self.todo), dtype=np.int64)
-
-    def put(self, row: int, flat: np.ndarray) -> None:
-        while row // self.per_chunk > self.chunk:  # rows arrive in order; a skipped chunk stays NaN
-            self._flush()
-        self.block[:, row - self.chunk * self.per_chunk] = flat[self.todo]
-        if row + 1 == min(self.n_rows, (self.chunk + 1) * self.per_chunk):
-            self._flush()
-
-    def _flush(self) -> None:
-        start = self.chunk * self.per_chunk
-        rows = self.block[:, : min(self.per_chunk, self.n_rows - start)]
-        blocks = [WeightBlock(idx, start, rows[j]) for j, idx in enumerate(self.index)]
-        self.writer.write_blocks(self.stage, blocks)
-        self.crc = np.array([weights_crc(b.rows, int(c)) for b, c in zip(blocks, self.crc)], dtype=np.int64)
-        self.chunk += 1
-        self.block[:] = np.nan
-
-    def state(self) -> dict[str, np.ndarray]:
-        return {"chunk": np.array(self.chunk), "block": self.block, "crc": self.crc}
-
-    def restore(self, state: dict[str, np.ndarray]) -> None:
-        self.chunk = int(state["chunk"])
-        self.block = np.array(state["block"], dtype=np.float32)
-        self.crc = np.array(state["crc"], dtype=np.int64)
-
-    def result(self) -> None:
-        while self.chunk * self.per_chunk < self.n_rows:  # a stage ends on its last checkpoint row
-            self._flush()
-        return None
-
-
 def _train_batch(setup, writer, stage_name, batch: Batch, start, elr, batched, tick,
                  snapshots: SnapshotFile | None = None) -> None:
     plan = setup.plan
@@ -453,8 +403,8 @@ def _train_batch(setup, writer, stage_name, batch: Batch, start, elr, batched, t
     data_seeds = sorted({r.data_seed for r in runs})
     data, position = setup.device_data(data_seeds)
     engine = setup.engine(start, batched=batched, compile=setup.spec.compile)
-    sink = StoreCheckpoints(writer, stage_name, batch, len(stage.checkpoint_steps), setup.layers[-1].stop)
-    todo = sink.todo
+    todo = [i for i, idx in enumerate(batch.runs) if idx in batch.todo]
+    sink = StoreCheckpoints(writer, stage_name, [batch.runs[i] for i in todo], todo)
 
     def rows(metrics: dict[str, np.ndarray]) -> list[RunEnd]:
         return [RunEnd(batch.runs[i], {name: values[i] for name, values in metrics.items()}, 0) for i in todo]
