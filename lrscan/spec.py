@@ -196,12 +196,17 @@ def parse_override(item: str) -> tuple[str, str, Any]:
         table, key = "sweep", name
     elif table not in TABLES:
         raise LrscanError(f"unknown table {table!r} in --set {item!r}{closest(table, TABLES)}")
+    return table, key, toml_value(raw)
+
+
+def toml_value(raw: str):
+    """The value of a ``--set`` item: TOML (``[1e-3, 1e-2]``, ``true``, ``'cpu'``), or the bare
+    text as a string when it is not TOML."""
     raw = raw.strip()
     try:
-        value = tomllib.loads(f"v = {raw}")["v"]
+        return tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
-        value = raw
-    return table, key, value
+        return raw
 
 
 def resolve(tables: Mapping[str, Any]) -> Spec:

@@ -8,7 +8,6 @@ import inspect
 import json
 import os
 import time
-import tomllib
 import types
 import typing
 from typing import Any, Callable, Iterable, Mapping
@@ -21,6 +20,7 @@ from lrscan.analyze import ANALYZERS
 from lrscan.analyze.solutions import require_complete
 from lrscan.errors import LrscanError
 from lrscan.registry import closest
+from lrscan.spec import toml_value
 from lrscan.store import open_store
 
 
@@ -62,12 +62,7 @@ def parse_option(item: str) -> tuple[str, str, Any]:
     analyzer, dot, option = name.strip().partition(".")
     if not sep or not dot or not analyzer or not option:
         raise LrscanError(f"--set expects ANALYZER.OPTION=VALUE (e.g. barriers.n_points=5), got {item!r}")
-    raw = raw.strip()
-    try:
-        value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw
-    return analyzer, option.strip(), value
+    return analyzer, option.strip(), toml_value(raw)
 
 
 def parse_options(items: Iterable[str]) -> dict[str, dict[str, Any]]:
