@@ -496,3 +496,67 @@ def test_stored_test_accuracies_that_lrscan_does_not_reproduce_are_flagged(train
     assert result.exit_code == 0, result.output
     warning = [line for line in result.stderr.splitlines() if line.startswith("warning: the stored test accuracy")]
     assert len(warning) == 1 and "beyond binomial noise" in warning[0] and "(128 samples)" in warning[0]
+
+
+def test_analyses_of_an_imported_cnn_folder_match_independent_computations(cnn):
+    """Angles, SWA accuracy, barriers and gradient norms of the imported store against the same
+    quantities computed here from the study's files with plain torch (the study's way)."""
+    from torch.optim.swa_utils import update_bn
+
+    from lrscan.analyze.geometry import angles, barriers
+    from lrscan.analyze.grad_norms import solution_grad_norm
+
+    script, source, files, store, result, study = cnn
+    tree = lrscan.open(store)
+    conv = [k for k in files[PLRS[0]][0] if k.startswith("conv_layers") and k.endswith("weight")]
+    x_train, x_test, y_test = study.data.x_train, study.data.x_test, study.data.y_test
+
+    def module_of(state):
+        module = study.entry.build(study.options, (3, 32, 32), 10)
+        theirs = {study.entry.official(k, study.options): k for k in module.state_dict()}
+        module.load_state_dict({theirs[k]: v for k, v in state.items()})
+        return module
+
+    def constructed(state):
+        """A point made from others: SI group back on the sphere, BN recomputed as update_bn does."""
+        state = {k: v.clone() for k, v in state.items()}
+        norm = math.sqrt(sum(float((state[k].double() ** 2).sum()) for k in conv))
+        for k in conv:
+            state[k] *= RADIUS / norm
+        module = module_of(state)
+        update_bn(torch.utils.data.DataLoader(x_train, batch_size=BATCH), module)
+        return module
+
+    def test_error(module):
+        return 100 - study.evaluate(module, x_test, y_test)["accuracy"]
+
+    def si_vector(state):
+        return np.concatenate([state[k].double().numpy().ravel() for k in conv])
+
+    found = angles(tree).angle_matrix
+    swa = tree["swa/metrics"]["test_acc"]
+    bars = barriers(tree, pairs=[("ft_low", "ft_high")])
+    grads = solution_grad_norm(tree, solutions=["pt"])
+    alpha = np.linspace(0, 1, 21)
+    for plr in PLRS:
+        pt, low, high = files[plr][3], files[(plr, FLRS[0])][6], files[(plr, FLRS[-1])][6]
+        u, v = si_vector(pt), si_vector(low)
+        expected = np.arccos(np.clip(u @ v / np.sqrt((u @ u) * (v @ v)), -1, 1))
+        assert float(found.sel(plr=plr, seed=0, solution="pt", solution_b=f"ft={FLRS[0]:g}")) == \
+            pytest.approx(expected, abs=1e-6)
+        for k in (2, 3):  # SWA over the continued pre-training, epochs 3 ... 3+K-1
+            mean = {key: torch.stack([files[plr][e][key].double() for e in range(3, 3 + k)]).mean(0).float()
+                    if key in conv else files[plr][3][key] for key in pt}
+            theirs = study.evaluate(constructed(mean), x_test, y_test)["accuracy"] / 100
+            assert float(swa.sel(plr=plr, seed=0, swa=k)) == pytest.approx(theirs, abs=1e-6)
+        errors = []
+        for a in alpha:
+            point = {key: (1 - a) * low[key] + a * high[key] if key in conv else low[key] for key in pt}
+            errors.append(test_error(constructed(point)))
+        errors = np.array(errors)
+        expected = max(0.0, float(np.max(errors - ((1 - alpha) * errors[0] + alpha * errors[-1]))))
+        assert float(bars.test_barrier.sel(plr=plr, seed=0).squeeze()) == pytest.approx(expected, abs=1e-4)
+        saved = torch.load(source / f"ConvNetSI_CIFAR10_elri_{plr}_elrd_{plr}_dropepoch_1000_wd_0.0_seed_"
+                                    f"{2000 + PLRS.index(plr)}_noaug_True/checkpoint-3.pt", weights_only=False)
+        assert float(grads.grad_norm.sel(plr=plr, seed=0, solution="pt")) == \
+            pytest.approx(float(saved["gnorm_trainmode_m_train"]), rel=1e-5)
