@@ -197,7 +197,12 @@ def test_every_image_preset_resolves():
         assert (spec.radius is None) == (entry.update != "sphere"), name
     # The study's ViT runs are vit_small_si: the ViT presets train it, not a ViT it never ran.
     assert {load_spec(f"vit-cifar{n}").model for n in (10, 100)} == {"vitsi"}
-    assert load_spec("resnet18si-cifar10").radius == pytest.approx(28.28, abs=0.01)
+    # The presets use the study's fixed norms (its scripts' fix_si_pnorm_value), not the init's.
+    assert [load_spec(f"resnet18si-cifar{n}").radius for n in (10, 100)] == [28.0, 28.0]
+    assert [load_spec(f"convnetsi-cifar{n}").radius for n in (10, 100)] == [12.0, 12.0]
+    # A spec without radius still gets the model's derived default (the init's expected norm).
+    assert load_spec("resnet18si-cifar10", overrides=["radius=28"]).radius == 28.0
+    assert MODELS["resnet18si"].radius({"width": 32}) == pytest.approx(28.28, abs=0.01)
     assert len(load_spec("resnet18si-cifar10").plr) == 25
     assert layout  # the layout of an image model is what the store's /layers records
 
