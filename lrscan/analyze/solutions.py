@@ -21,9 +21,12 @@ def label(kind: str, value: float | int | None = None) -> str:
 def pretrain(tree: xr.DataTree, part: str = "metrics") -> xr.Dataset:
     """Pre-training's ``metrics`` or ``weights`` up to the end of pre-training proper
     (``pretrain_epochs``, the PT solution): rows and checkpoints of pre-training continued
-    for a forward SWA window (``swa_window.start``) lie past it and are left out. Lazy."""
-    end = float(tree.attrs["spec"]["sweep"]["pretrain_epochs"])
+    for a forward SWA window (``swa_window.start``) lie past it and are left out. Lazy. A
+    tree without a spec (metric rows made by hand) is taken whole."""
     ds = tree[f"pretrain/{part}"].to_dataset()
+    if "spec" not in tree.attrs:
+        return ds
+    end = float(tree.attrs["spec"]["sweep"]["pretrain_epochs"])
     return ds.isel(epoch=(ds.epoch <= end + 1e-9).values)
 
 
