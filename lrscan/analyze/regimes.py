@@ -536,7 +536,7 @@ def _boundaries(regime: xr.DataArray) -> dict[str, xr.DataArray]:
     }
 
 
-def _dataset_facts(tree: xr.DataTree) -> tuple[float, int]:
+def dataset_facts(tree: xr.DataTree) -> tuple[float, int]:
     """Chance accuracy and test-set size of the store's dataset (its first data seed)."""
     spec = Spec.from_dict(tree.attrs["spec"])
     data = DATASETS[spec.dataset].load(spec.data_options, spec.data_seeds[0])
@@ -597,7 +597,7 @@ def regime_table(
     """
     require_complete(tree)
     if chance is None or n_test is None:
-        facts = _dataset_facts(tree)
+        facts = dataset_facts(tree)
         chance, n_test = facts[0] if chance is None else chance, facts[1] if n_test is None else n_test
     pt = pretrain(tree)
     pt_train_loss = _final(pt, "train_loss").load()
