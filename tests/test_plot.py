@@ -18,7 +18,8 @@ from PIL import Image
 
 import lrscan
 import lrscan.plot
-from lrscan.plot import figures
+from lrscan.plot import styles
+from lrscan.plot.figures import FIGURES
 from lrscan.plot.commands import explore, plot
 from lrscan.plot.explore import Views, check_port, make_app
 from tests.browser import analyzed_store, free_port, written_figures
@@ -62,8 +63,8 @@ def plot_options(panel) -> dict:
 
 def test_every_figure_has_a_registered_expectation():
     # Figures of other kinds of stores (threshold, two-stage, sharpness, scan) are tested in their own files.
-    assert set(figures.FIGURES) == set(PANELS) | {"frequency", "threshold", "two_stage", "sharpness", "scan"}
-    assert all(callable(getattr(lrscan.plot, name)) for name in figures.FIGURES)
+    assert set(FIGURES) == set(PANELS) | {"frequency", "threshold", "two_stage", "sharpness", "scan"}
+    assert all(callable(getattr(lrscan.plot, name)) for name in FIGURES)
 
 
 @pytest.mark.parametrize("name", sorted(PANELS))
@@ -94,7 +95,7 @@ def test_figures_show_the_stored_values(tree):
     barrier = tree["analysis/barriers"]["test_barrier"].mean("seed").values
     test_panel = list(lrscan.plot.geometry(tree))[2]
     shown = np.stack([c.dimension_values("test_barrier") for c in test_panel if isinstance(c, hv.Curve)], 1)
-    np.testing.assert_allclose(shown, np.maximum(barrier, figures.BARRIER_FLOOR))
+    np.testing.assert_allclose(shown, np.maximum(barrier, styles.BARRIER_FLOOR))
 
 
 def fake_regimes(labels, boundaries):
@@ -107,20 +108,20 @@ def fake_regimes(labels, boundaries):
 
 def test_regime_spans_shade_contiguous_runs_of_the_most_common_regime():
     tree, plr = fake_regimes(["1", "1", "2A", "2B", "2B", "3"], [0.03, 0.3, np.nan])
-    spans = figures.regime_spans(tree)
+    spans = styles.regime_spans(tree)
     assert [label for label, _, _ in spans] == ["1", "2A", "2B", "3"]
     edges = [start for _, start, _ in spans] + [spans[-1][2]]
     np.testing.assert_allclose(edges[1:-1], [np.sqrt(plr[1] * plr[2]), np.sqrt(plr[2] * plr[3]),
                                              np.sqrt(plr[4] * plr[5])])
     assert all(a[2] == b[1] for a, b in zip(spans, spans[1:]))  # no gaps, no overlaps
-    marks = figures.regime_marks(tree, label_y=50)
+    marks = styles.regime_marks(tree, label_y=50)
     assert [m.text for m in marks if isinstance(m, hv.Text)] == ["1", "2A", "2B", "3"]
     assert sorted(m.data for m in marks if isinstance(m, hv.VLine)) == [0.03, 0.3]  # NaN boundary: no line
     assert len([m for m in marks if isinstance(m, hv.VSpan)]) == 4
 
 
 def test_frequency_is_skipped_without_its_analysis_and_drawn_with_it(tree, written):
-    assert figures.FIGURES["frequency"].missing(tree)
+    assert FIGURES["frequency"].missing(tree)
     out, _ = written
     assert not (out / "frequency.html").exists()
     rng = np.random.default_rng(0)
@@ -140,8 +141,8 @@ def test_a_result_left_half_written_is_not_drawn(tree):
     broken = tree.copy()
     broken["analysis/angles"].attrs = {k: v for k, v in tree["analysis/angles"].attrs.items()
                                        if k != "lrscan_fingerprint"}
-    assert "angles" in figures.FIGURES["geometry"].missing(broken)
-    assert figures.FIGURES["geometry"].missing(tree) is None
+    assert "angles" in FIGURES["geometry"].missing(broken)
+    assert FIGURES["geometry"].missing(tree) is None
 
 
 def test_lrscan_plot_writes_every_figure_and_an_index(written):
@@ -182,7 +183,7 @@ def test_pages_load_nothing_from_outside(written):
 def test_pngs_are_images_of_the_figure_size(tree, written, name):
     out, _ = written
     image = Image.open(out / f"{name}.png").convert("L")
-    assert image.size == figures.figure_size(getattr(lrscan.plot, name)(tree))
+    assert image.size == styles.figure_size(getattr(lrscan.plot, name)(tree))
     pixels = np.asarray(image)
     assert (pixels < 250).mean() > 0.05, "the image is nearly blank"
     assert len(np.unique(pixels)) > 20

@@ -21,9 +21,10 @@ import xarray as xr
 from lrscan.analyze.solutions import label
 from lrscan.errors import LrscanError
 from lrscan.plot import DEFAULT_PORT
-from lrscan.plot.figures import (
-    ALPHA, BAND_ACC, EPOCH, FEATURE_ACC, PLR, TEST_ACC, colors, curve, framed, pair_name, percent,
-    solution_name, stored_analyses, study_solutions, style, vs_plr,
+from lrscan.plot.registry import stored_analyses
+from lrscan.plot.styles import (
+    ALPHA, BAND_ACC, EPOCH, FEATURE_ACC, PLR, TEST_ACC, colors, curve, framed, pair_name, percent, solution_name,
+    study_solutions, style, vs_plr,
 )
 
 LOSS = hv.Dimension("loss", label="loss (cross-entropy)", unit="nats")
