@@ -89,6 +89,25 @@ def test_any_planted_2a_range_is_bracketed_to_the_grid(threshold, width, where):
     assert abs(estimate["recommended"].value - planted["recommended"]) <= STEP
 
 
+def test_the_recommended_bracket_holds_the_plrs_tied_with_the_best_within_their_noise():
+    # Five observed 2A PLRs; scores 0.90 at the middle, 0.89 beside it, 0.85 at the ends.
+    search = Search(GRID, precision=STEP / 2, smooth=0.0)
+    idx = [20, 22, 24, 26, 28]
+    acc = [0.85, 0.89, 0.90, 0.89, 0.85]
+
+    def observed(se):
+        return {i: Observation(("2A", "2A"), a, se) for i, a in zip(idx, acc)}
+
+    # Noise 0.002: 0.89 is 3.5 standard errors below 0.90, so only the middle is the best.
+    tight = search.estimate(observed(0.002))["recommended"]
+    assert (tight.value, tight.low, tight.high) == (GRID[24], GRID[22], GRID[26])
+    # Noise 0.01: 0.89 cannot be told from 0.90 (z = 0.71), 0.85 can (z = 3.5).
+    loose = search.estimate(observed(0.01))["recommended"]
+    assert (loose.value, loose.low, loose.high) == (GRID[24], GRID[20], GRID[28])
+    # Without noise the margin (half a point) decides, as the tight case.
+    assert search.estimate(observed(float("nan")))["recommended"] == tight
+
+
 def test_more_plrs_per_bracket_take_fewer_rounds_to_the_same_precision():
     one = drive(Search(GRID, precision=STEP / 2), response())
     three = drive(Search(GRID, precision=STEP / 2, per_bracket=3), response())

@@ -88,45 +88,72 @@ def score_noise(per_seed: xr.DataArray, n_test: int) -> tuple[xr.DataArray, xr.D
 
 
 def plr_scores(tree: xr.DataTree, n_test: int | None = None) -> xr.Dataset:
-    """How each PLR does once fine-tuned below it, above it, and averaged.
+    """How each PLR of a store does once fine-tuned below it, above it, and averaged.
 
     Parameters
     ----------
     tree
-        An opened store with fine-tuning and/or SWA.
+        An opened store with fine-tuning and/or SWA (its ``/analysis/metrics`` when stored).
     n_test
         Samples of the test set; default that of the store's dataset.
 
     Returns
     -------
     xr.Dataset
-        Over ``plr``, for each kind it has (:data:`KINDS`): ``<kind>`` (mean test accuracy
-        over seeds), ``<kind>_se`` (its noise); ``ft`` and ``ft_higher`` average each seed's
-        final FT test accuracy over the FLRs below (above) the PLR first, ``swa`` takes each
-        seed's best K. NaN where a PLR has no such FLR or a run of it has no score.
-        ``n_flr_lower`` / ``n_flr_higher`` count the FLRs averaged.
+        As :func:`scores`.
     """
-    if n_test is None:
-        n_test = dataset_facts(tree)[1]
+    ft, swa = _final_acc(tree, "finetune"), _final_acc(tree, "swa")
+    if ft is None and swa is None:
+        raise LrscanError("the store has neither fine-tuning nor SWA: no PLR can be judged by them")
+    return scores(ft, swa, dataset_facts(tree)[1] if n_test is None else n_test)
+
+
+def scores(ft: xr.DataArray | None, swa: xr.DataArray | None, n_test: int) -> xr.Dataset:
+    """Each PLR's scores from its runs' final test accuracies.
+
+    Parameters
+    ----------
+    ft
+        Final FT test accuracies (plr, flr, seed), or None.
+    swa
+        Final SWA test accuracies (plr, seed, swa), or None.
+    n_test
+        Samples of the test set.
+
+    Returns
+    -------
+    xr.Dataset
+        Over ``plr``, for each kind the inputs allow (:data:`KINDS`): ``<kind>`` (mean test
+        accuracy over seeds) and ``<kind>_se`` (its noise); ``ft`` and ``ft_higher`` average
+        each seed's accuracies over the FLRs below (above) the PLR first, ``swa`` takes each
+        seed's best K. NaN where a PLR has no such FLR or a counted run has no score (it
+        diverged). ``n_flr_lower`` / ``n_flr_higher`` count the FLRs averaged.
+    """
     out = {}
-    ft = _final_acc(tree, "finetune")
     if ft is not None:
         for kind, side in (("ft", ft.flr < ft.plr), ("ft_higher", ft.flr > ft.plr)):
             counted = side.sum("flr")
             per_seed = ft.where(side).sum("flr", min_count=1) / counted
-            # A run of a counted FLR without a score (it diverged) leaves the PLR without one.
-            per_seed = per_seed.where(~(side & ft.isnull()).any("flr"))
-            out[kind], out[f"{kind}_se"] = score_noise(per_seed.where(counted > 0), n_test)
+            per_seed = per_seed.where(~(side & ft.isnull()).any("flr") & (counted > 0))
+            out[kind], out[f"{kind}_se"] = score_noise(per_seed, n_test)
             out[f"n_flr_{'lower' if kind == 'ft' else 'higher'}"] = counted
-    swa = _final_acc(tree, "swa")
     if swa is not None:
         out["swa"], out["swa_se"] = score_noise(swa.max("swa", skipna=False), n_test)
-    if not out:
-        raise LrscanError("the store has neither fine-tuning nor SWA: no PLR can be judged by them")
     return xr.Dataset(out).transpose("plr", ...).assign_attrs(
         n_test=int(n_test), z_same=Z_SAME,
         description="per PLR: mean test accuracy over seeds after fine-tuning below the PLR (ft), above it "
                     "(ft_higher), and of its best SWA solution (swa), with their noise (_se)")
+
+
+def tied(value: np.ndarray, se: np.ndarray, z_same: float = Z_SAME) -> tuple[int, np.ndarray]:
+    """The position of the best of ``value`` (the first of equals), and which values cannot
+    be told from it: their difference is at most ``z_same`` standard errors of it (``se``
+    the values' own, taken as independent). NaN values are neither."""
+    value, se = np.asarray(value, float), np.asarray(se, float)
+    top = int(np.nanargmax(value))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z = (value[top] - value) / np.sqrt(se[top] ** 2 + se**2)
+    return top, np.isfinite(value) & ((z <= z_same) | (np.arange(value.size) == top))
 
 
 def best(tree_or_scores: xr.DataTree | xr.Dataset, kind: str = "ft", z_same: float = Z_SAME) -> Best | None:
@@ -135,7 +162,7 @@ def best(tree_or_scores: xr.DataTree | xr.Dataset, kind: str = "ft", z_same: flo
     Parameters
     ----------
     tree_or_scores
-        An opened store, or its :func:`plr_scores`.
+        An opened store, or its :func:`plr_scores` (or :func:`scores`).
     kind
         One of :data:`KINDS`: ``"ft"`` (fine-tuning with FLR < PLR, the study's sense),
         ``"ft_higher"`` or ``"swa"``.
@@ -150,16 +177,14 @@ def best(tree_or_scores: xr.DataTree | xr.Dataset, kind: str = "ft", z_same: flo
     """
     if kind not in KINDS:
         raise LrscanError(f"unknown kind of score {kind!r}: one of {', '.join(KINDS)}")
-    scores = tree_or_scores if isinstance(tree_or_scores, xr.Dataset) else plr_scores(tree_or_scores)
-    if kind not in scores:
+    table = tree_or_scores if isinstance(tree_or_scores, xr.Dataset) else plr_scores(tree_or_scores)
+    if kind not in table:
         return None
-    value, se = scores[kind].values, scores[f"{kind}_se"].values
-    plr = scores.plr.values
+    value, se = table[kind].values, table[f"{kind}_se"].values
+    plr = table.plr.values
     if not np.isfinite(value).any():
         return None
-    top = int(np.nanargmax(value))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        z = (value[top] - value) / np.sqrt(se[top] ** 2 + se**2)
-    tied = plr[np.isfinite(value) & ((z <= z_same) | (np.arange(plr.size) == top))]
-    return Best(kind, float(plr[top]), float(value[top]), float(se[top]), float(tied.min()), float(tied.max()),
-                tuple(float(p) for p in np.sort(tied)))
+    top, tie = tied(value, se, z_same)
+    tied_plr = plr[tie]
+    return Best(kind, float(plr[top]), float(value[top]), float(se[top]), float(tied_plr.min()),
+                float(tied_plr.max()), tuple(float(p) for p in np.sort(tied_plr)))

@@ -28,6 +28,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
+from lrscan.analyze.best import scores
 from lrscan.analyze.geometry import barriers
 from lrscan.analyze.metrics import metrics
 from lrscan.analyze.regimes import regimes
@@ -255,14 +256,15 @@ class Scan:
         sub = select_plr(open_store(self.store), [self.spec.plr[i] for i in picks])
         ft_pair = barriers(sub, pairs=[("ft_low", "ft_high")])
         labels = regimes(sub, barriers=ft_pair)
-        scores = metrics(sub)
+        final = metrics(sub)
         detail = labels[[name for name, var in labels.data_vars.items() if set(var.dims) == {"plr", "seed"}]]
-        detail["ft_test_acc"] = scores.ft_test_acc.load()
-        # Fine-tuning lowers the LR (as in the 2A test): FLRs at or above the PLR do not count.
-        lowered = detail.ft_test_acc.where(detail.flr < detail.plr)
-        detail["score"] = lowered.mean("seed").max("flr")
+        detail["ft_test_acc"] = final.ft_test_acc.load()
+        # The study's score: fine-tuning lowers the LR (FLRs below the PLR), averaged over them.
+        judged = scores(detail.ft_test_acc, None, int(labels.attrs["n_test"]))
+        detail["score"], detail["score_se"] = judged.ft, judged.ft_se
         observed = {
-            i: Observation(tuple(str(v) for v in detail.regime.isel(plr=k).values), float(detail.score.isel(plr=k)))
+            i: Observation(tuple(str(v) for v in detail.regime.isel(plr=k).values), float(detail.score.isel(plr=k)),
+                           float(detail.score_se.isel(plr=k)))
             for k, i in enumerate(picks)
         }
         return observed, detail.drop_vars(["pair", "pair_a", "pair_b"], errors="ignore")

@@ -18,8 +18,8 @@ accuracy) and places the next PLRs where they decide the most:
   while there are none). New PLRs go to the middle of each side between it and its observed
   neighbours that is wider than twice the precision (golden-section style local refinement,
   both sides at once). Its bracket runs from the observed neighbour below the lowest to the
-  one above the highest PLR whose smoothed accuracy is within ``margin`` of the best: the
-  PLRs the data cannot tell from the best.
+  one above the highest PLR whose smoothed accuracy cannot be told from the best within its
+  noise (``margin`` where the observations carry none): the PLRs tied with the best.
 
 Every estimate is a value with a bracket in log10 PLR; its uncertainty is the bracket's
 half-width. Nothing here trains or reads a store: :func:`drive` runs the rounds with any
@@ -35,6 +35,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from lrscan.analyze.best import tied
 from lrscan.analyze.regimes import BOUNDARIES, LABELS
 
 # What a scan estimates: the two boundaries of the 2A range, and the best PLR in it.
@@ -57,12 +58,17 @@ class Observation:
     labels
         Regime label of each seed ("1", "2A", "2", "2?", "2B", "3").
     score
-        The accuracy the recommended PLR maximises (the scan uses the final fine-tuned test
-        accuracy, mean over seeds, best over the FLRs below the PLR); NaN when there is none.
+        The accuracy the recommended PLR maximises (the scan uses the study's: the final
+        fine-tuned test accuracy averaged over the FLRs below the PLR, mean over seeds,
+        :func:`lrscan.analyze.best.scores`); NaN when there is none.
+    se
+        The score's noise (its standard error); NaN when unknown, and then ties with the
+        best are decided by :attr:`Search.margin`.
     """
 
     labels: tuple[str, ...]
     score: float
+    se: float = math.nan
 
     @property
     def mode(self) -> str:
@@ -115,8 +121,10 @@ class Search:
         averaged; default: the grid's largest spacing, so immediate neighbours only.
     margin
         Accuracy (a fraction) within which a PLR counts as tied with the best, for the
-        recommended PLR's bracket: half a percentage point, about the standard error of a
-        mean over two seeds of an accuracy measured on a few thousand test samples.
+        recommended PLR's bracket, where the observations carry no noise (``se``): half a
+        percentage point, about the standard error of a mean over two seeds of an accuracy
+        measured on a few thousand test samples. With their noise, a PLR is tied with the
+        best when it cannot be told from it (:func:`lrscan.analyze.best.tied`).
     """
 
     grid: tuple[float, ...]
@@ -209,25 +217,37 @@ class Search:
     def _span(self, lo: int, hi: int) -> Estimate:
         return Estimate((self.grid[lo] + self.grid[hi]) / 2, self.grid[lo], self.grid[hi])
 
-    def _smoothed(self, observed: Mapping[int, Observation]) -> dict[int, float]:
-        """Smoothed score of the candidates for the recommended PLR: the 2A ones when there are any."""
+    def _smoothed(self, observed: Mapping[int, Observation]) -> dict[int, tuple[float, float]]:
+        """Smoothed score and its noise of the candidates for the recommended PLR: the 2A ones
+        when there are any. The noise of a mean of k scores is that of independent ones."""
         scored = [i for i in sorted(observed) if math.isfinite(observed[i].score)]
         x = np.array([self.grid[i] for i in scored])
         s = np.array([observed[i].score for i in scored])
+        se = np.array([observed[i].se for i in scored])
         window = self.spacing + EPS if self.smooth is None else self.smooth
         pool = [i for i in scored if observed[i].mode == "2A"] or scored
-        return {i: float(s[np.abs(x - self.grid[i]) <= window].mean()) for i in pool}
+        out = {}
+        for i in pool:
+            near = np.abs(x - self.grid[i]) <= window
+            out[i] = float(s[near].mean()), float(np.sqrt(np.square(se[near]).sum()) / near.sum())
+        return out
 
     def _best(self, observed: Mapping[int, Observation]) -> int | None:
         """The candidate of the best smoothed score (the lowest PLR of a tie)."""
         smoothed = self._smoothed(observed)
-        return max(smoothed, key=lambda i: (smoothed[i], -i)) if smoothed else None
+        return max(smoothed, key=lambda i: (smoothed[i][0], -i)) if smoothed else None
 
     def _tied(self, observed: Mapping[int, Observation]) -> list[int]:
-        """The candidates whose smoothed score is within ``margin`` of the best."""
+        """The candidates that cannot be told from the best: within the noise where every
+        observation has one, within ``margin`` otherwise."""
         smoothed = self._smoothed(observed)
-        top = max(smoothed.values())
-        return [i for i, v in smoothed.items() if v >= top - self.margin - EPS]
+        index = sorted(smoothed)
+        value = np.array([smoothed[i][0] for i in index])
+        se = np.array([smoothed[i][1] for i in index])
+        if np.isfinite(se).all():
+            _, tie = tied(value, se)
+            return [i for i, t in zip(index, tie) if t]
+        return [i for i, v in zip(index, value) if v >= value.max() - self.margin - EPS]
 
     def _neighbours(self, observed: Mapping[int, Observation], i: int) -> tuple[int, int]:
         """The observed PLRs next to ``i`` on either side (``i`` itself at an end of the observed range)."""
