@@ -9,8 +9,9 @@ import xarray as xr
 
 from lrscan.store import open_store
 
-# Root attributes that legitimately differ between two runs of the same spec.
-VOLATILE_ATTRS = ("created",)
+# What differs between two stores holding the same runs: when and as which store each was made, and
+# how often `verify --fix` repaired it.
+VOLATILE_ATTRS = ("created", "store_id", "repairs")
 
 
 def assert_on_sphere(tree: xr.DataTree, group: str = "pretrain/weights", *, rtol: float = 1e-5) -> None:

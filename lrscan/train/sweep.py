@@ -8,21 +8,27 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import itertools
+import json
 import os
+import shutil
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
+import lrscan.store.claims as claims_module
+
 from lrscan.data import DATASETS, Data
 from lrscan.errors import LrscanError
 from lrscan.models import MODELS
 from lrscan.spec import Spec
-from lrscan.store import (Claim, RunData, RunEnd, StoreCheckpoints, StoreWriter, beside, create_or_check, is_local,
-                          weight_chunk_rows)
+from lrscan.store import (Claim, RunData, RunEnd, StoreCheckpoints, StoreWriter, _root_attrs, beside, check_store,
+                          create_or_check, is_local, store_path, weight_chunk_rows)
 from lrscan.train.engine import Engine, flat_state, layout, project, swa_average, to_numpy
 from lrscan.train.loop import EVAL_CHUNK, DeviceData, Snapshot, run_stage, seed_key
 from lrscan.train.plan import Plan
@@ -104,9 +110,76 @@ class Setup:
 
 
 def resolve_device(name: str) -> torch.device:
+    """The torch device a spec's ``device`` names; LrscanError when it is not on this machine."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise LrscanError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {name!r}") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if device.index is not None and device.index >= count or not count:
+            have = f"it has {count} CUDA device{'s' if count != 1 else ''}" if count else "it has no CUDA GPU"
+            raise LrscanError(f"device {name!r} is not on this machine ({have}); use --set device=cpu or auto")
+    elif device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise LrscanError(f"device {name!r} is not on this machine (no MPS); use --set device=cpu or auto")
+    return device
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """What a sweep will take, worked out before anything is allocated."""
+
+    runs: int  # runs of every stage
+    store_bytes: int  # the store once every run is written (weights and metric rows)
+    model_steps: int  # training steps of all runs
+
+    def describe(self) -> str:
+        return (f"{self.runs:,} runs, about {_bytes(self.store_bytes)} of store, "
+                f"{self.model_steps:,} model-steps")
+
+    def check(self, store: str | os.PathLike) -> None:
+        """Refuse a new local store that cannot fit on its disk."""
+        if not is_local(store):
+            return
+        place = Path(os.path.abspath(store))
+        if place.exists():
+            return  # made already: what it needs is allocated
+        while not place.exists():
+            place = place.parent
+        free = shutil.disk_usage(place).free
+        if self.store_bytes > free:
+            raise LrscanError(f"this sweep cannot fit: {self.describe()}, but {place} has {_bytes(free)} free; "
+                              "use fewer runs, checkpoints or parameters, or another --store")
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB", "PB"):
+        if n < 1000 or unit == "PB":
+            return f"{n:.3g} {unit}"
+        n /= 1000
+    return f"{n:.3g} PB"
+
+
+def estimate(plan: Plan, n_params: int) -> Estimate:
+    """The runs, store size and model-steps of a planned sweep with ``n_params`` parameters per run."""
+    spec = plan.spec
+    n_seeds = len(plan.runs)
+    stages = {"pretrain": (len(spec.plr) * n_seeds, plan.pretrain)}
+    if plan.finetune.n_steps:
+        stages["finetune"] = (len(spec.plr) * len(spec.flr) * n_seeds, plan.finetune)
+    n_metrics = 8
+    runs = steps = size = 0
+    for n_runs, stage in stages.values():
+        runs += n_runs
+        steps += n_runs * stage.n_steps
+        size += n_runs * (stage.checkpoint_steps.size * n_params + stage.log_steps.size * n_metrics) * 4
+    if plan.swa_steps:
+        n_runs = len(spec.plr) * n_seeds
+        runs += n_runs
+        size += n_runs * len(plan.swa_steps) * (n_params + n_metrics) * 4
+    return Estimate(runs, size, steps)
 
 
 STAGES = ("pretrain", "swa", "finetune")
@@ -126,15 +199,24 @@ class Sweep:
     def __init__(self, spec: Spec, store: str | os.PathLike, *, batched: bool | None = None,
                  plr: Sequence[float] | None = None):
         self.plr = _plr_subset(spec, plr)
+        self.store = store = store_path(store)
+        resolve_device(spec.device)  # a device this machine lacks is refused before any work
+        check_store(store, spec)  # so is an existing store of another spec, before the data load
         self.setup = setup = Setup.build(spec)
         self.plan = plan = setup.plan
-        self.store = store
+        n_params = setup.layers[-1].stop
+        self.estimate = estimate(plan, n_params)
+        self.estimate.check(store)
         create_or_check(store, plan, setup.layers)
         self.writer = StoreWriter(store)
+        attrs = _root_attrs(store)
+        # What a snapshot must come from to be resumed here: this very store, made from this spec.
+        self.identity = _identity(attrs.get("store_id") or attrs.get("created"), attrs["spec"])
         self.batched = setup.entry.forward_batched is not None if batched is None else batched
+        self.notice: Callable[[str], None] | None = None
+        self.holders: dict[str, str | None] = {}
         # Checkpoints each run holds on the host: one weight chunk while training (the rest is
         # already in the store), every SWA solution of a batch until it is written.
-        n_params = setup.layers[-1].stop
         kept = {"pretrain": weight_chunk_rows(plan.pretrain.checkpoint_steps.size, n_params)}
         if plan.swa_steps:
             kept["swa"] = len(plan.swa_steps)
@@ -156,7 +238,8 @@ class Sweep:
     def batch_steps(self, stage: str, batch: "Batch") -> int:
         return len(batch.runs) * getattr(self.plan, stage).n_steps if stage != "swa" else 0
 
-    def run(self, progress: Callable[[Progress], None] | None = None, *, client=None) -> dict[str, int]:
+    def run(self, progress: Callable[[Progress], None] | None = None, *, client=None,
+            notice: Callable[[str], None] | None = None) -> dict[str, int]:
         """Train what is left; returns the number of runs this call wrote per stage.
 
         Parameters
@@ -166,7 +249,13 @@ class Sweep:
         client
             A ``dask.distributed.Client``: batches then run as tasks on its workers (a
             killed worker's task is retried elsewhere). Default: in this process.
+        notice
+            Called with one line when something the user should know happens: a batch held
+            by another process is waited for (at most until its claim has had no heartbeat
+            for :data:`lrscan.store.CLAIM_TTL` seconds), a stale claim or a foreign snapshot
+            is set aside.
         """
+        self.notice = notice
         total, done = self.model_steps, 0
 
         def report(phase: str) -> Callable[[int], None]:
@@ -178,6 +267,7 @@ class Sweep:
             return tick
 
         written = {stage: 0 for stage in self.batches}
+        waiting: set[str] = set()
         for stage in self.batches:
             if client is not None:
                 written[stage] = _run_on_cluster(self, stage, client, report(stage))
@@ -188,6 +278,11 @@ class Sweep:
                 for batch in pending:
                     n = self.run_batch(stage, batch, report(stage))
                     if n is None:
+                        if batch.key not in waiting and notice is not None:
+                            notice(f"waiting for {stage} batch {batch.key}, which another process is training "
+                                   f"({self.holders.get(batch.key)}); its claim is taken over once it has had "
+                                   f"no heartbeat for {claims_module.CLAIM_TTL:.0f} s")
+                        waiting.add(batch.key)
                         left.append(batch)
                     else:
                         written[stage] += n
@@ -203,12 +298,20 @@ class Sweep:
         None when another live process holds the batch.
         """
         done = self.writer.done(stage)
-        todo = [r for r in batch.runs if not done[r]]
-        if not todo:
+        if all(done[r] for r in batch.runs):
             return 0
         with Claim(self.store, stage, batch.key) as claim:
             if not claim.held:
+                self.holders[batch.key] = claim.holder
                 return None
+            if claim.took_over and self.notice is not None:
+                self.notice(f"took over the claim on {stage} batch {batch.key}: {claim.took_over}")
+            # Only now, holding the claim: another process may have finished the batch between
+            # the look above and the claim.
+            done = self.writer.done(stage)
+            todo = [r for r in batch.runs if not done[r]]
+            if not todo:
+                return 0
 
             def beat(n: int) -> None:  # training reports progress: keep the claim fresh too
                 claim.heartbeat()
@@ -217,7 +320,7 @@ class Sweep:
 
             batch = dataclasses.replace(batch, todo=todo)
             setup, plan, writer, spec = self.setup, self.plan, self.writer, self.setup.spec
-            snapshots = SnapshotFile(self.store, stage, batch) if is_local(self.store) else None
+            snapshots = SnapshotFile(self.store, stage, batch, self.identity, self.notice) if is_local(self.store) else None
             if stage == "pretrain":
                 runs = [plan.runs[s] for _, s in batch.runs]
                 start = torch.stack([setup.init_weights(r.train_seed, r.data_seed) for r in runs])
@@ -245,6 +348,7 @@ def train(
     progress: Callable[[Progress], None] | None = None,
     client=None,
     plr: Sequence[float] | None = None,
+    notice: Callable[[str], None] | None = None,
 ) -> dict[str, int]:
     """Run every run of ``spec`` that the store does not hold yet.
 
@@ -263,13 +367,15 @@ def train(
     plr
         Train only the runs of these PLRs (values of ``spec.plr``); the others stay not done.
         An adaptive search trains the grid points it picks this way, in an ordinary store.
+    notice
+        Called with one line on waits and takeovers (:meth:`Sweep.run`).
 
     Returns
     -------
     dict
         Runs trained per stage (0 everywhere for a finished store).
     """
-    return Sweep(spec, store, batched=batched, plr=plr).run(progress, client=client)
+    return Sweep(spec, store, batched=batched, plr=plr).run(progress, client=client, notice=notice)
 
 
 @dataclass
@@ -319,8 +425,6 @@ def _batch_task(spec_tables: dict, store: str, stage: str, index: int, batched: 
                 plr: Sequence[float] | None = None) -> int:
     """A dask task: train one batch of a sweep (waiting while another process holds it);
     returns the runs it wrote."""
-    import json
-
     if threads:
         torch.set_num_threads(threads)
     key = (store, json.dumps(spec_tables, sort_keys=True), None if plr is None else tuple(plr))
@@ -363,33 +467,61 @@ def _run_on_cluster(sweep: Sweep, stage: str, client, tick: Callable[[int], None
     return written
 
 
+def _identity(store_id: str, spec_tables: dict) -> str:
+    """What binds a snapshot to the store and spec it was taken in."""
+    return hashlib.sha256(json.dumps([store_id, spec_tables], sort_keys=True).encode()).hexdigest()
+
+
 class SnapshotFile:
     """Where a batch in flight keeps its latest :class:`Snapshot`: ``.<store>.resume/`` beside
-    the store, one ``.npz`` per batch (plain arrays, no pickles), replaced atomically."""
+    the store, one ``.npz`` per batch (plain arrays, no pickles), replaced atomically.
 
-    def __init__(self, store, stage: str, batch: Batch):
+    A snapshot carries the identity of the store and spec it was taken in (:func:`_identity`);
+    one of another store at the same path (deleted and made again) or of another spec is never
+    resumed from: it is removed, and the batch starts over.
+    """
+
+    def __init__(self, store, stage: str, batch: Batch, identity: str = "",
+                 notice: Callable[[str], None] | None = None):
         self.path = beside(store, "resume") / f"{stage}-{batch.key}.npz"
         self.runs = np.array(batch.runs)
+        self.identity = identity
+        self.notice = notice
 
     def load(self) -> Snapshot | None:
         try:
             with np.load(self.path, allow_pickle=False) as f:
+                if "identity" not in f.files or str(f["identity"]) != self.identity:
+                    self._discard("was taken in another store or with another spec")
+                    return None
                 if not np.array_equal(f["runs"], self.runs) or "checkpoints/chunk" not in f.files:
                     return None  # another batch's, or from a version that buffered every checkpoint
                 group = lambda prefix: {k[len(prefix):]: f[k] for k in f.files if k.startswith(prefix)}  # noqa: E731
                 return Snapshot(int(f["step"]), group("state/"), group("metrics/"), group("checkpoints/"),
                                 f["diverged"])
+        except FileNotFoundError:
+            return None
         except (OSError, KeyError, ValueError):
-            return None  # none yet, or one cut short: start the batch over
+            return None  # one cut short: start the batch over
+
+    def _discard(self, why: str) -> None:
+        self.path.unlink(missing_ok=True)
+        if self.notice is not None:
+            self.notice(f"ignored and removed the snapshot {self.path}: it {why}")
 
     def save(self, snap: Snapshot) -> None:
-        self.path.parent.mkdir(exist_ok=True)
         tmp = self.path.with_suffix(".tmp.npz")
-        np.savez(tmp, runs=self.runs, step=snap.step, diverged=snap.diverged,
-                 **{f"state/{k}": v for k, v in snap.state.items()},
-                 **{f"metrics/{k}": v for k, v in snap.metrics.items()},
-                 **{f"checkpoints/{k}": v for k, v in snap.checkpoints.items()})
-        os.replace(tmp, self.path)
+        try:
+            self.path.parent.mkdir(exist_ok=True)
+            np.savez(tmp, runs=self.runs, step=snap.step, diverged=snap.diverged, identity=np.array(self.identity),
+                     **{f"state/{k}": v for k, v in snap.state.items()},
+                     **{f"metrics/{k}": v for k, v in snap.metrics.items()},
+                     **{f"checkpoints/{k}": v for k, v in snap.checkpoints.items()})
+            os.replace(tmp, self.path)
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            raise LrscanError(f"could not save a snapshot to {self.path.parent}: {err.strerror or err}; runs "
+                              "finished before are kept — fix the cause and rerun the same command to resume") from None
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -415,6 +547,9 @@ def _train_batch(setup, writer, stage_name, batch: Batch, start, elr, batched, t
         # Readers (lrscan info, lrscan.open) see the batch's rows so far; its runs stay not done.
         writer.write_rows(stage_name, rows(snap.metrics))
 
+    resume = snapshots.load() if snapshots is not None else None
+    if resume is not None and tick is not None:
+        tick((resume.step - stage.start) * len(batch.runs))  # the steps the snapshot saved count as done
     result = run_stage(
         engine, data, stage,
         elr=torch.tensor(elr, dtype=torch.float32, device=setup.device),
@@ -422,7 +557,7 @@ def _train_batch(setup, writer, stage_name, batch: Batch, start, elr, batched, t
         batch_size=setup.spec.batch_size,
         steps_per_epoch=plan.steps_per_epoch,
         progress=tick,
-        resume=snapshots.load() if snapshots is not None else None,
+        resume=resume,
         snapshot=snapshot,
         snapshot_every=SNAPSHOT_SECONDS,
         checkpoints=sink,

@@ -1,0 +1,50 @@
+"""The sweep store: one zarr v3 directory laid out as an xarray DataTree.
+
+::
+
+    /                 attrs: lrscan_schema, lrscan_version, torch_version, store_id, spec, steps_per_epoch
+    /layers           the flat state vector's layout: start, stop, shape, si, trainable, buffer (dim layer)
+    /pretrain/metrics train/test loss and accuracy, weight_norm, grad_norm, running train loss
+                      and accuracy (plr, seed, epoch); done, diverged_epoch (plr, seed)
+    /pretrain/weights weights (plr, seed, epoch, param) at the checkpoint epochs
+    /finetune/...     the same with an flr dimension (plr, flr, seed, ...)
+    /swa/metrics      metrics of the SWA solutions (plr, seed, swa); done (plr, seed)
+    /swa/weights      weights (plr, seed, swa, param)
+
+Metrics and weights sit in sibling groups because they are logged at different epochs, and a
+DataTree requires a child's index to match its parent's.  Every array is allocated up front
+(unwritten values read as NaN, flags as 0) and chunked so that one run owns whole chunks: a
+run's writes touch nothing of any other run, and its ``done`` flag is written after its data.
+See store/README.md for the user-facing description.
+
+One module per job: :mod:`~lrscan.store.reading` (location, attributes, damage),
+:mod:`~lrscan.store.create` (the skeleton), :mod:`~lrscan.store.checksum`,
+:mod:`~lrscan.store.writer` (region writes), :mod:`~lrscan.store.stream` (the streamed
+checkpoint sink, which needs torch and is loaded on first use), :mod:`~lrscan.store.claims`
+and :mod:`~lrscan.store.verify`. Reading and checking a store never imports torch.
+"""
+
+from lrscan.store.checksum import RunData, canonical_nan, run_checksum, weights_crc
+from lrscan.store.claims import CLAIM_TTL, Claim, beside, claims_in_progress
+from lrscan.store.create import check_store, create_or_check, store_path
+from lrscan.store.reading import (RUN_DIMS, SCHEMA_VERSION, SWA_METRICS, StoreDamaged, _fs, _require_store,
+                                  _root_attrs, damage, is_local, open_store, read_spec)
+from lrscan.store.verify import RUN_FLAGS, Problem, verify
+from lrscan.store.writer import RunEnd, StoreWriter, WeightBlock
+
+# Weight chunks hold about this many bytes when a run keeps more than that.
+WEIGHT_CHUNK_BYTES = 8 << 20
+
+
+def weight_chunk_rows(n_rows: int, n_params: int) -> int:
+    """Checkpoints per chunk of a run's weights: about WEIGHT_CHUNK_BYTES, at least one."""
+    return max(1, min(n_rows, WEIGHT_CHUNK_BYTES // (4 * n_params)))
+
+
+def __getattr__(name):
+    # The streamed sink subclasses the training loop's, which imports torch: only when used.
+    if name == "StoreCheckpoints":
+        from lrscan.store.stream import StoreCheckpoints
+
+        return StoreCheckpoints
+    raise AttributeError(f"module 'lrscan.store' has no attribute {name!r}")
