@@ -5,7 +5,7 @@ import pytest
 import xarray as xr
 
 from lrscan.analyze.best import best, plr_scores, score_noise
-from lrscan.analyze.regimes import accuracy_se
+from lrscan.analyze.noise import accuracy_se
 from lrscan.errors import LrscanError
 
 N_TEST = 2000

@@ -10,8 +10,9 @@ from scipy.optimize import brentq
 import lrscan
 from lrscan.analyze import ANALYZERS
 from lrscan.analyze.geometry import barrier
-from lrscan.analyze.regimes import (LABELS, OUTCOMES, TESTS, accuracy_se, barrier_se, barrier_z, boundary_interval,
-                                    classify, flr_z, locate_boundary, regimes, swa_z)
+from lrscan.analyze.boundaries import boundary_interval, locate_boundary
+from lrscan.analyze.noise import accuracy_se, barrier_se, barrier_z, flr_z, swa_z
+from lrscan.analyze.regimes import LABELS, OUTCOMES, TESTS, classify, regimes
 from lrscan.errors import LrscanError
 from lrscan.spec import load_spec
 from tests.conftest import SMALL

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import xarray as xr
 
-from lrscan.analyze.regimes import accuracy_se, dataset_facts
+from lrscan.analyze.noise import accuracy_se
+from lrscan.analyze.regimes import dataset_facts
 from lrscan.errors import LrscanError
 
 # What a PLR can be judged by: fine-tuning below it, fine-tuning above it, SWA.

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import numpy as np
 import xarray as xr
-from scipy import special, stats
 
 from lrscan.analyze import analyzer
+from lrscan.analyze.boundaries import boundary_interval, locate_boundary
 from lrscan.analyze.metrics import last_window
+from lrscan.analyze.noise import NOISE, Z_MAX, barrier_se, barrier_z, flr_z, outcome, swa_z
 from lrscan.analyze.solutions import pretrain, require_complete, resolve
 from lrscan.data import DATASETS
 from lrscan.errors import LrscanError
@@ -42,153 +43,10 @@ TESTS = ("flr", "swa", "barrier")
 # What a test says of a run: the difference is within the noise (pass), beyond it (fail), of its
 # order (ambiguous), or the test cannot be applied (untestable: no data for it).
 OUTCOMES = ("pass", "ambiguous", "fail", "untestable")
-# z-scores are clipped here: beyond it every tail probability is "overwhelming", and a finite
-# value keeps means over seeds finite (a diverged fine-tuning run scores +Z_MAX).
-Z_MAX = 10.0
-# Resamples of the seeds, and the central share of them, behind a boundary's interval.
-BOOTSTRAP = 1000
-LEVEL = 0.95
-NOISE = ("binomial standard error of each test accuracy on n_test samples, sqrt(p(1-p)/(n+4)) with the "
-         "Agresti-Coull p = (k+2)/(n+4); accuracies of different models treated as independent")
 POOLING = ("seeds of a PLR are pooled when every one of them is in regime 2 (none converged, diverged or "
            "at chance): each test's z-scores are averaged over the seeds it applies to, with noise the larger "
            "of the binomial one and the seeds' spread, and read with the same bands; a test every seed fails "
            "fails, and a pooled pass (fail) where some seed fails (passes) is ambiguous")
-
-
-def accuracy_se(accuracy, n_test: int):
-    """Binomial standard error of an accuracy measured on ``n_test`` samples.
-
-    The Agresti–Coull estimate ``p = (k + 2) / (n + 4)`` (k correct of n) keeps a perfect or
-    zero score from having no error at all, which would make any difference to it decisive.
-
-    Parameters
-    ----------
-    accuracy
-        Accuracies in [0, 1] (any array).
-    n_test
-        Samples of the test set they were measured on.
-
-    Returns
-    -------
-    array_like
-        The standard errors, same shape.
-    """
-    p = (accuracy * n_test + 2) / (n_test + 4)
-    return np.sqrt(p * (1 - p) / (n_test + 4))
-
-
-def barrier_se(test_error: xr.DataArray, n_test: int) -> xr.DataArray:
-    """Standard error, in percent, of the barrier of test-error curves along paths.
-
-    The barrier is e(α*) − [(1 − α*) e(0) + α* e(1)] at the path point α* where the curve
-    rises most above the straight line between its ends; each of the three errors carries the
-    binomial noise of its test set, taken as independent (points on one path make correlated
-    errors, so this is an upper bound: it errs towards "≈ 0 within the noise").
-
-    Parameters
-    ----------
-    test_error
-        Test error in percent over ``alpha`` (first and last points: the ends).
-    n_test
-        Samples of the test set.
-
-    Returns
-    -------
-    xr.DataArray
-        The standard error, without the ``alpha`` dimension.
-    """
-    alpha = test_error.alpha
-    start, end = test_error.isel(alpha=0, drop=True), test_error.isel(alpha=-1, drop=True)
-    excess = test_error - ((1 - alpha) * start + alpha * end)
-    peak = excess.fillna(-np.inf).argmax("alpha")
-    at = alpha.isel(alpha=peak, drop=True)
-    var = lambda error: accuracy_se(1 - error / 100, n_test) ** 2  # noqa: E731
-    return 100 * np.sqrt(var(test_error.isel(alpha=peak, drop=True)) + (1 - at) ** 2 * var(start) + at ** 2 * var(end))
-
-
-def _z_of_p(p) -> np.ndarray:
-    """The standard normal score with upper tail ``p`` (the same evidence on one scale), clipped."""
-    return np.clip(stats.norm.isf(p), -Z_MAX, Z_MAX)
-
-
-def flr_z(accuracy: xr.DataArray, n_test: int) -> xr.DataArray:
-    """z-score of the test "every FLR reaches the same FT accuracy", per run.
-
-    The accuracies' homogeneity statistic Q = Σ w (a − ā)², w = 1 / SE², ā the weighted mean,
-    is χ² with (number of FLRs − 1) degrees of freedom when they differ by test-set noise only;
-    its upper tail probability is returned as a normal score, so that one scale serves every
-    number of FLRs. NaN entries (FLRs not counted) are left out.
-
-    Parameters
-    ----------
-    accuracy
-        Final FT test accuracies over ``flr``.
-    n_test
-        Samples of the test set.
-
-    Returns
-    -------
-    xr.DataArray
-        The z-score without ``flr``; NaN where fewer than two FLRs are left.
-    """
-    w = 1 / accuracy_se(accuracy, n_test) ** 2
-    mean = (w * accuracy).sum("flr") / w.sum("flr")
-    q = (w * (accuracy - mean) ** 2).sum("flr")
-    dof = accuracy.notnull().sum("flr") - 1
-    p = xr.apply_ufunc(stats.chi2.sf, q, dof.where(dof >= 1))
-    return xr.apply_ufunc(_z_of_p, p)
-
-
-def swa_z(ft_best: xr.DataArray, swa_best: xr.DataArray, n_test: int) -> xr.DataArray:
-    """z-score of the SWA shortfall below the best FT accuracy (negative: SWA is better), per run.
-
-    Parameters
-    ----------
-    ft_best, swa_best
-        The best FT and the best SWA test accuracy of each run.
-    n_test
-        Samples of the test set.
-
-    Returns
-    -------
-    xr.DataArray
-        The shortfall over the standard error of the difference.
-    """
-    se = np.sqrt(accuracy_se(ft_best, n_test) ** 2 + accuracy_se(swa_best, n_test) ** 2)
-    return ((ft_best - swa_best) / se).clip(-Z_MAX, Z_MAX)
-
-
-def barrier_z(barrier: xr.DataArray, se: xr.DataArray, points: int) -> xr.DataArray:
-    """z-score of a test barrier against "no barrier, only test-set noise", per run.
-
-    A path without a barrier still shows one: the largest of the noise at its ``points``
-    interior points, clipped at 0. So the barrier in units of its standard error is compared
-    with the largest of ``points`` standard normal values (taken as independent, which widens
-    the null and so again errs towards "≈ 0"): P(max > z) = 1 − Φ(z)^points, as a normal score.
-
-    Parameters
-    ----------
-    barrier, se
-        Barrier and its standard error (:func:`barrier_se`), in one unit.
-    points
-        Interior points of the path (its points less the two ends).
-
-    Returns
-    -------
-    xr.DataArray
-        The z-score.
-    """
-    log_below = special.log_ndtr(barrier / se)
-    p = -np.expm1(max(points, 1) * log_below)
-    return xr.apply_ufunc(_z_of_p, p)
-
-
-def outcome(z: xr.DataArray, testable: xr.DataArray, z_same: float, z_differ: float) -> xr.DataArray:
-    """What each z-score says (one of :data:`OUTCOMES`): "pass" (≤ ``z_same``), "fail"
-    (≥ ``z_differ``), "ambiguous" between, and "untestable" where ``testable`` is false."""
-    out = xr.where(z <= z_same, "pass", xr.where(z >= z_differ, "fail", "ambiguous"))
-    return xr.where(testable, out, "untestable").astype(object)
 
 
 def _split(outcomes: xr.DataArray) -> xr.DataArray:
@@ -240,104 +98,6 @@ def _pooled(regime2: np.ndarray, z: xr.DataArray, outcomes: xr.DataArray, labels
         "test_outcome_pooled": (("plr", "test"), pooled_outcome),
         "regime_pooled": ("plr", label),
     }, coords={"plr": z.plr, "test": z.test})
-
-
-def locate_boundary(
-    regime: xr.DataArray, lower: set[str], upper: set[str], need: set[str] | None = None
-) -> xr.DataArray:
-    """The PLR where labels move from ``lower`` to ``upper`` in each seed's scan over ``plr``.
-
-    The boundary is fitted as a step: of the cuts between neighbouring PLRs, take the one
-    that leaves the fewest labels on the wrong side (``upper`` labels below it plus
-    ``lower`` labels above it), and place the boundary at the geometric mean of the two
-    PLRs it separates. A clean scan thus gives the geometric mean of the last PLR on the
-    lower side and the first on the upper side, and a lone noisy label on the far side of
-    the boundary does not move it. When several cuts tie, the boundary is their centre (the
-    mean of their log10 positions), the middle of the ambiguous stretch. NaN where a seed
-    never crosses: it lacks labels on either side (or any of ``need``).
-
-    Parameters
-    ----------
-    regime
-        Labels over (plr, seed), ``plr`` ascending.
-    lower, upper
-        Labels on either side of the boundary; others are ignored.
-    need
-        Labels of which a seed must have at least one to have this boundary.
-
-    Returns
-    -------
-    xr.DataArray
-        The boundary PLR over ``seed``.
-    """
-    labels = regime.transpose("plr", "seed").values
-    low = np.isin(labels, list(lower)).astype(int)
-    up = np.isin(labels, list(upper)).astype(int)
-    crosses = (low.sum(0) > 0) & (up.sum(0) > 0)
-    if need is not None:
-        crosses &= np.isin(labels, list(need)).any(0)
-    out = np.full(labels.shape[1], np.nan)
-    if crosses.any():  # then there are two PLRs at least, hence a cut
-        best, midpoints = _best_cuts(low, up, regime.plr.values)
-        centre = (best * midpoints[:, None]).sum(0) / best.sum(0)
-        out[crosses] = 10.0 ** centre[crosses]
-    return xr.DataArray(out, dims="seed", coords={"seed": regime.seed})
-
-
-def _best_cuts(low: np.ndarray, up: np.ndarray, plr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Which cuts between neighbouring PLRs leave the fewest labels astray (counts over plr, ...),
-    and the cuts' log10 positions."""
-    # wrong[c] counts the labels on the wrong side of the cut between plr[c] and plr[c + 1]
-    wrong = np.cumsum(up, 0)[:-1] + low.sum(0) - np.cumsum(low, 0)[:-1]
-    log_plr = np.log10(plr)
-    return wrong == wrong.min(0), (log_plr[:-1] + log_plr[1:]) / 2
-
-
-def boundary_interval(
-    regime: xr.DataArray, lower: set[str], upper: set[str], need: set[str] | None = None
-) -> tuple[float, float, float]:
-    """One boundary fitted to every seed's labels at once, and a bootstrap interval over seeds.
-
-    The fit is the step fit of :func:`locate_boundary` with the labels of all seeds counted
-    together (the centre of the best cuts). The interval resamples the seeds with replacement
-    (:data:`BOOTSTRAP` times, a fixed generator, so a result is reproducible), refits, and
-    takes the central :data:`LEVEL` of the resampled cuts, every tied cut included; it runs
-    from the PLR below the lowest of them to the PLR above the highest, so that even a clean
-    map — where every resample gives the same cut — reports the grid step the boundary lies
-    in. Seeds that disagree widen it, as do PLRs whose labels take no side ("2?" for 2A|2B).
-
-    Parameters
-    ----------
-    regime
-        Labels over (plr, seed), ``plr`` ascending.
-    lower, upper, need
-        As for :func:`locate_boundary`.
-
-    Returns
-    -------
-    tuple
-        (fit, low, high) in PLR; NaN when there is no cut, or no labels lie on one side (or
-        none of ``need`` anywhere).
-    """
-    labels = regime.transpose("plr", "seed").values
-    low = np.isin(labels, list(lower)).astype(int)
-    up = np.isin(labels, list(upper)).astype(int)
-    lacking = need is not None and not np.isin(labels, list(need)).any()
-    if labels.shape[0] < 2 or not low.any() or not up.any() or lacking:
-        return np.nan, np.nan, np.nan
-    plr = regime.plr.values
-    best, midpoints = _best_cuts(low.sum(1), up.sum(1), plr)
-    # Each resample weighs every seed by how often it was drawn.
-    n_seed = labels.shape[1]
-    draws = np.random.default_rng(0).multinomial(n_seed, np.full(n_seed, 1 / n_seed), size=BOOTSTRAP).T
-    resampled, _ = _best_cuts(low @ draws, up @ draws, plr)
-    cut = np.arange(len(midpoints))[:, None]
-    lowest = np.where(resampled, cut, len(midpoints)).min(0)
-    highest = np.where(resampled, cut, -1).max(0)
-    tail = (1 - LEVEL) / 2
-    first = min(int(np.quantile(lowest, tail, method="lower")), int(np.flatnonzero(best)[0]))
-    last = max(int(np.quantile(highest, 1 - tail, method="higher")), int(np.flatnonzero(best)[-1]))
-    return float(10.0 ** midpoints[best].mean()), float(plr[first]), float(plr[last + 1])
 
 
 def _mode(regime: xr.DataArray) -> xr.DataArray:

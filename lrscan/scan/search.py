@@ -7,7 +7,7 @@ accuracy) and places the next PLRs where they decide the most:
 
 - **boundaries** (``1|2``, the convergence threshold, and ``2A|2B``): the observed PLRs are
   cut into a lower and an upper side at the cut that leaves the fewest labels on the wrong
-  side (the rule of :func:`lrscan.analyze.regimes.locate_boundary`, with the same label
+  side (the rule of :func:`lrscan.analyze.boundaries.locate_boundary`, with the same label
   sets); the boundary's *bracket* runs from the observed PLR below the best cut to the one
   above it (below the lowest and above the highest best cut where several tie, so a PLR
   whose seeds disagree widens the bracket instead of being decided by chance). A bracket
