@@ -9,13 +9,21 @@ import time
 from pathlib import Path
 
 import click
+import numpy as np
 
-from lrscan.cliutil import DEFAULT_STORE_DIR, UserError, cluster_options, default_store, spec_options, user_errors
+from lrscan.cliutil import (DEFAULT_STORE_DIR, UserError, cluster_options, default_store, emit_json, json_option,
+                            spec_options, store_argument, user_errors)
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="lrscan")
 def main() -> None:
-    """Learning-rate sweeps of scale-invariant networks on a sphere: train, analyse, explore."""
+    """Learning-rate sweeps of scale-invariant networks on a sphere: train, analyse, explore.
+
+    The default store is store/synthetic.zarr (relative to the current folder): `lrscan train`
+    with no options trains the synthetic preset into it, and every command given no STORE
+    reads it.
+    """
 
 
 @main.command()
@@ -31,27 +39,31 @@ def train(preset, config, store, overrides, sequential, workers, scheduler) -> N
     once; they split its batches between them.
     """
     from lrscan.spec import load_spec
-    from lrscan.train.sweep import Sweep
+    from lrscan.store import store_path
 
     if workers and scheduler:
         raise UserError("give either --workers or --scheduler, not both")
+    path = store_path(store_argument(store, default_store(preset, config)))
     spec = load_spec(preset, config, overrides)
-    path = store or default_store(preset, config)
+    from lrscan.train.sweep import Sweep, human_bytes
+
     # torch.compile on a CPU-only machine warns that it found no CUDA runtime: noise here.
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-    sweep = Sweep(spec, path, batched=False if sequential else None)
-    if not any(sweep.todo.values()):
-        click.echo(f"{path}: every run is already done, nothing to train", err=True)
-        return
-    todo = ", ".join(f"{len(runs)} {stage}" for stage, runs in sweep.todo.items() if runs)
-    click.echo(f"training {todo} runs ({sweep.model_steps:,} model-steps) of {spec.model} on {spec.dataset} "
-               f"into {path}", err=True)
-    start = time.perf_counter()
-    with ProgressDisplay() as display, cluster_client(workers, scheduler) as client:
-        try:
-            counts = sweep.run(progress=display.update, client=client)
-        except KeyboardInterrupt:
-            raise UserError("interrupted; finished runs are kept in the store, run the same command to resume") from None
+    # The cluster first: an unreachable scheduler is refused before any store is made.
+    with cluster_client(workers, scheduler) as client:
+        sweep = Sweep(spec, path, batched=False if sequential else None)
+        if not any(sweep.todo.values()):
+            click.echo(f"{path}: every run is already done, nothing to train", err=True)
+            return
+        todo = ", ".join(f"{len(runs)} {stage}" for stage, runs in sweep.todo.items() if runs)
+        click.echo(f"training {todo} runs ({sweep.model_steps:,} model-steps, a store of about "
+                   f"{human_bytes(sweep.estimate.store_bytes)}) of {spec.model} on {spec.dataset} into {path}", err=True)
+        start = time.perf_counter()
+        with ProgressDisplay() as display:
+            try:
+                counts = sweep.run(progress=display.update, client=client, notice=lambda line: click.echo(line, err=True))
+            except KeyboardInterrupt:
+                raise UserError("interrupted; finished runs are kept in the store, run the same command to resume") from None
     trained = ", ".join(f"{n} {stage}" for stage, n in counts.items() if n) or "no (other processes did them)"
     click.echo(f"trained {trained} runs in {time.perf_counter() - start:.1f} s into {path}", err=True)
 
@@ -65,31 +77,68 @@ def train(preset, config, store, overrides, sequential, workers, scheduler) -> N
 @click.option("--scheduler", metavar="ADDRESS", help="Compute them on an existing dask cluster.")
 @click.option("--set", "settings", metavar="NAME.OPTION=VALUE", multiple=True,
               help="An analyzer option (TOML value), e.g. --set barriers.n_points=5. Repeatable.")
+@json_option
 @user_errors
-def analyze(store, only, workers, scheduler, settings) -> None:
+def analyze(store, only, workers, scheduler, settings, as_json) -> None:
     """Compute every analysis that applies to a finished store, into /analysis/<name>.
 
     Results already stored for the same store and options are kept, so a second run
-    does no work; a result computed with other options is recomputed. Training data is
-    never rewritten.
+    does no work; a result computed with other options, or from runs redone since, is
+    recomputed. Training data is never rewritten.
     """
+    path = store_argument(store, default_store(None, None))
+    if workers and scheduler:
+        raise UserError("give either --workers or --scheduler, not both")
+    from lrscan.store import open_store
+
+    open_store(path)  # a missing or damaged store is refused before the analyzers load
     from lrscan.analyze.run import analyze as run_analysis
     from lrscan.analyze.run import parse_options
 
-    path = store or default_store(None, None)
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     start = time.perf_counter()
-
-    def show(name: str, status: str, seconds: float) -> None:
-        click.echo(f"{name:12s} {status}" + (f" in {seconds:.1f} s" if status == "computed" else ""), err=True)
-
-    if workers and scheduler:
-        raise UserError("give either --workers or --scheduler, not both")
+    display = AnalyzerDisplay()
     with cluster_client(workers, scheduler):  # dask sends lazy work to the active client
-        status = run_analysis(path, only or None, options=parse_options(settings), progress=show)
+        status = run_analysis(path, only or None, options=parse_options(settings), progress=display.status,
+                              blocks=display.blocks)
     computed = sum(s == "computed" for s in status.values())
-    click.echo(f"{computed} of {len(status)} analyses computed in {time.perf_counter() - start:.1f} s; "
-               f"results under {path}/analysis", err=True)
+    seconds = time.perf_counter() - start
+    click.echo(f"{computed} of {len(status)} analyses computed in {seconds:.1f} s; results under {path}/analysis",
+               err=True)
+    if as_json:
+        emit_json({"store": str(path), "analyses": {name: {"status": s, "seconds": round(display.seconds.get(name, 0), 2)}
+                                                    for name, s in status.items()}, "seconds": round(seconds, 2)})
+
+
+class AnalyzerDisplay:
+    """Each analyzer's start and finish with its time, and its progress through blocks of
+    solutions: one line rewritten in place on a terminal, a plain line every ``every`` s otherwise."""
+
+    def __init__(self, every: float = 10.0, stream=None):
+        self.stream = stream or sys.stderr
+        self.every, self.last, self.seconds = every, 0.0, {}
+        self.tty = self.stream.isatty()
+
+    def status(self, name: str, status: str, seconds: float) -> None:
+        if status == "computing":
+            self._line(f"{name:12s} computing ...", final=not self.tty)
+            self.last = time.perf_counter()
+            return
+        self.seconds[name] = seconds
+        self._line(f"{name:12s} {status}" + (f" in {seconds:.1f} s" if status == "computed" else ""), final=True)
+
+    def blocks(self, name: str, done: int, total: int) -> None:
+        now = time.perf_counter()
+        if self.tty or now - self.last >= self.every:
+            self.last = now
+            self._line(f"{name:12s} {done:,} of {total:,} solutions", final=not self.tty)
+
+    def _line(self, text: str, *, final: bool) -> None:
+        if self.tty:
+            self.stream.write("\r\033[K" + text + ("\n" if final else ""))
+            self.stream.flush()
+        else:
+            print(text, file=self.stream, flush=True)
 
 
 @main.command()
@@ -103,32 +152,86 @@ def analyzers() -> None:
 
 @main.command()
 @click.argument("store", required=False)
+@json_option
 @user_errors
-def info(store) -> None:
-    """Summarise what a store holds and how much of its sweep is done."""
+def info(store, as_json) -> None:
+    """Summarise what a store holds: how much of its sweep is done, diverged runs, batches in
+    progress, the stored analyses (up to date or stale), regimes and the best PLR."""
+    from lrscan.store.status import store_status
     from lrscan.summary import summarise
 
-    click.echo(summarise(store or default_store(None, None)))
+    path = store_argument(store, default_store(None, None))
+    state = store_status(path)
+    lines = summarise(path).splitlines()
+    if state["status"] == "training":  # not "run lrscan train": one is running
+        lines = [line for line in lines if not line.startswith("status ")]
+        lines.append(f"status    training: {len(state['in_progress'])} batches in progress now")
+    lines += _info_lines(state)
+    text = "\n".join(lines)
+    if as_json:
+        click.echo(text, err=True)
+        emit_json(state)
+    else:
+        click.echo(text)
+
+
+def _info_lines(state: dict) -> list[str]:
+    lines = []
+    for claim in state["in_progress"]:
+        lines.append(f"training  {claim['stage']} batch {claim['batch']}: {claim['holder']}")
+    if state["diverged"]:
+        shown = "; ".join(", ".join(f"{k}={v:.3g}" for k, v in d.items() if k not in ("stage", "epoch"))
+                          + f" ({d['stage']}, epoch {d['epoch']:g})" for d in state["diverged"][:5])
+        more = len(state["diverged"]) - 5
+        lines.append(f"diverged  {shown}" + (f"; ... and {more} more" if more > 0 else ""))
+    if state["analyses"]:
+        lines.append("analyses  " + ", ".join(f"{name} ({a['status']})" for name, a in state["analyses"].items()))
+        stale = {a["why"] for a in state["analyses"].values() if a["status"] != "up to date" and a["why"]}
+        lines += [f"          {why}" for why in sorted(stale)]
+    else:
+        lines.append("analyses  none yet: run `lrscan analyze`")
+    if "regimes" in state:
+        lines.append("regimes   " + ", ".join(f"PLR {p}: {r}" for p, r in state["regimes"].items()))
+    for name, b in state.get("boundaries", {}).items():
+        if np.isfinite(b["plr"]):
+            lines.append(f"boundary  {name} at PLR {b['plr']:.3g} [{b['low']:.3g}, {b['high']:.3g}]")
+    for kind, found in (state.get("best") or {}).items():
+        lines.append(f"best      {found['text']}")
+    return lines
 
 
 @main.command()
 @click.argument("store", required=False)
 @click.option("--fix", is_flag=True, help="Mark missing and corrupted runs as not done, so `lrscan train` redoes them.")
+@json_option
 @user_errors
-def verify(store, fix) -> None:
+def verify(store, fix, as_json) -> None:
     """Re-read every run of a store and check it against the checksum written after it.
 
-    Lists runs that are incomplete, missing or corrupted; exits 1 when there are any.
+    Lists runs that are incomplete, missing or corrupted, and damaged metadata; exits 1
+    when there are any.
     """
+    from lrscan.store import StoreDamaged
     from lrscan.store import verify as check
 
-    path = store or default_store(None, None)
-    problems = check(path, fix=fix)
+    path = store_argument(store, default_store(None, None))
+    try:
+        problems = check(path, fix=fix)
+    except StoreDamaged as err:
+        click.echo(str(err), err=True)
+        if as_json:
+            emit_json({"store": str(path), "damaged": str(err), "problems": []})
+        sys.exit(1)
+    out = sys.stderr if as_json else sys.stdout
     for problem in problems:
-        click.echo(str(problem))
+        click.echo(str(problem), file=out)
     damaged = [p for p in problems if p.kind != "incomplete"]
     click.echo(f"{path}: {len(problems)} problem runs ({len(damaged)} missing or corrupted"
                + (", marked to be redone by `lrscan train`)" if fix and damaged else ")"), err=True)
+    if as_json:
+        emit_json({"store": str(path), "damaged": None, "fixed": bool(fix and damaged),
+                   "problems": [{"stage": p.stage, "coords": dict(p.coords), "kind": p.kind, "detail": p.detail}
+                                for p in problems]})
     if problems:
         sys.exit(1)
 
@@ -167,8 +270,17 @@ def presets() -> None:
     from lrscan.spec import preset_names, preset_text
 
     for name in preset_names():
-        first = preset_text(name).splitlines()[0].lstrip("# ")
-        click.echo(f"{name:20s} {first}")
+        click.echo(f"{name:20s} {preset_description(preset_text(name))}")
+
+
+def preset_description(text: str) -> str:
+    """A preset's description: its leading comment block, whole, as one paragraph."""
+    lines = []
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("#").strip())
+    return " ".join(line for line in lines if line)
 
 
 class ProgressDisplay:

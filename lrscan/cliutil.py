@@ -6,6 +6,7 @@ can use it without importing the command group they are added to.
 
 from __future__ import annotations
 
+import errno
 import functools
 from pathlib import Path
 
@@ -23,7 +24,9 @@ class UserError(click.ClickException):
 
 
 def user_errors(func):
-    """Turn library errors a user can fix into one line and exit status 2, never a traceback."""
+    """Turn library errors a user can fix into one line and exit status 2, never a traceback:
+    lrscan's own, and the operating system's (a read-only store, a full disk) wherever the
+    library did not already name them."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
@@ -31,8 +34,54 @@ def user_errors(func):
             return func(*args, **kwargs)
         except LrscanError as err:
             raise UserError(str(err)) from None
+        except OSError as err:
+            raise UserError(os_error(err)) from None
 
     return wrapper
+
+
+def os_error(err: OSError) -> str:
+    """An operating-system error as one line that says what to do."""
+    where = f" ({err.filename})" if err.filename else ""
+    hint = {errno.ENOSPC: "free some space and rerun the same command; finished work is kept",
+            errno.EACCES: "the store or its folder is not writable by you",
+            errno.EROFS: "the store is on a read-only filesystem"}.get(err.errno, "fix the cause and rerun")
+    return f"{err.strerror or err}{where}: {hint}"
+
+
+def store_argument(store: str | None, default: Path) -> str | Path:
+    """The STORE a command was given, or its default; an empty one is refused (it would silently
+    mean the default store)."""
+    if store is None:
+        return default
+    if not store.strip():
+        raise UserError("the store path is empty; give a path, or leave it out for the default store "
+                        f"({default})")
+    return store
+
+
+def json_option(func):
+    """``--json``: one JSON document on stdout, the human text on stderr."""
+    return click.option("--json", "as_json", is_flag=True,
+                        help="Print the result as one JSON document on stdout (the human text goes to stderr).")(func)
+
+
+def emit_json(document) -> None:
+    import json
+    import math
+
+    def clean(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {str(k): clean(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v) for v in value]
+        if hasattr(value, "item") and callable(value.item):  # numpy scalars
+            return clean(value.item())
+        return value
+
+    click.echo(json.dumps(clean(document), indent=2, default=str))
 
 
 def default_store(preset: str | None, config: str | None) -> Path:
@@ -49,7 +98,8 @@ def spec_options(store_suffix: str = ""):
         click.option("--preset", metavar="NAME", help="A shipped preset (default: synthetic); see `lrscan presets`."),
         click.option("--config", metavar="FILE", help="A TOML sweep spec with a [sweep] table."),
         click.option("--store", metavar="PATH",
-                     help=f"Store directory (default: store/<preset or config name>{store_suffix}.zarr)."),
+                     help=f"Store directory (default: store/<preset or config name>{store_suffix}.zarr, "
+                          "relative to the current folder; store/synthetic.zarr for the default preset)."),
         click.option("--set", "overrides", metavar="FIELD=VALUE", multiple=True,
                      help="Override a spec field, e.g. --set seeds=3 --set data.n_train=256. Repeatable."),
     ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -22,6 +23,12 @@ from lrscan.registry import closest
 
 DEFAULT_PRESET = "synthetic"
 TABLES = ("sweep", "model", "data")
+# Bounds checked before anything is allocated (issue 18): a sweep spec is a few lines, a run
+# keeps at most this many metric rows or checkpoints, a sweep has at most this many runs.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_ROWS = 1_000_000
+MAX_RUNS = 1_000_000
+MAX_SEED = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -164,9 +171,17 @@ def load_tables(
     if config is not None:
         path = Path(config)
         try:
-            text = path.read_text()
+            with open(path, "rb") as f:
+                raw = f.read(MAX_CONFIG_BYTES + 1)
         except OSError as err:
             raise LrscanError(f"cannot read config {str(path)!r}: {err.strerror}") from None
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise LrscanError(f"config {str(path)!r} is larger than {MAX_CONFIG_BYTES >> 20} MB; a sweep spec is "
+                              "a TOML file of a few lines")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise LrscanError(f"config {str(path)!r} is not UTF-8 text (a TOML sweep spec)") from None
         source = str(path)
     else:
         text, source = preset_text(preset or DEFAULT_PRESET), f"preset {preset or DEFAULT_PRESET!r}"
@@ -249,6 +264,17 @@ def resolve(tables: Mapping[str, Any]) -> Spec:
             "fine-tuning branches from the second pre-training stage"
         )
     end = pretrain_epochs + finetune_epochs
+    log_every = number("log_every", get("log_every"), positive=True)
+    _check_rows("metric rows", end / log_every, f"{end:g} epochs logged every {log_every:g}")
+    plr, flr = _grid("plr", get("plr")), _grid("flr", get("flr"))
+    n_seeds = _seed_count(get("seeds"))
+    n_data = len(data_options.get("seeds", (0,))) if isinstance(data_options.get("seeds", (0,)), (list, tuple)) else 1
+    runs = len(plr) * n_seeds * n_data * (1 + (len(flr) if finetune_epochs else 0))
+    if runs > MAX_RUNS:
+        raise LrscanError(f"this sweep cannot fit: about {runs:,} runs ({len(plr):,} PLRs x {n_seeds:,} seeds x "
+                          f"{n_data} data seeds{f' x (1 + {len(flr):,} FLRs)' if finetune_epochs else ''}); "
+                          f"lrscan takes at most {MAX_RUNS:,}")
+    _check_data_memory(data_options, n_data)
     swa = tuple(integer(f"swa[{i}]", k, minimum=1) for i, k in enumerate(_list("swa", get("swa"))))
     if len(set(swa)) != len(swa):
         raise LrscanError(f"swa has repeated values: {list(swa)}")
@@ -264,15 +290,15 @@ def resolve(tables: Mapping[str, Any]) -> Spec:
     return Spec(
         model=model,
         dataset=dataset,
-        plr=_grid("plr", get("plr")),
-        flr=_grid("flr", get("flr")),
+        plr=plr,
+        flr=flr,
         seeds=seeds_list("seeds", get("seeds")),
         batch_size=integer("batch_size", get("batch_size"), minimum=1),
         pretrain_epochs=pretrain_epochs,
         finetune_epochs=finetune_epochs,
         finetune_from=finetune_from,
         pretrain_switch=switch,
-        log_every=number("log_every", get("log_every"), positive=True),
+        log_every=log_every,
         checkpoint_epochs=_checkpoints(get("checkpoint_epochs"), end),
         swa=tuple(sorted(swa)),
         swa_window=window,
@@ -317,13 +343,16 @@ def number(name: str, value, *, positive: bool) -> float:
     return value
 
 
-def integer(name: str, value, *, minimum: int) -> int:
+def integer(name: str, value, *, minimum: int, maximum: int | None = None) -> int:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise LrscanError(f"{name} must be a whole number, got {value!r}")
     if value < minimum:
         raise LrscanError(f"{name} must be at least {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        text = str(value)
+        raise LrscanError(f"{name} must be at most {maximum:,}, got {text if len(text) < 16 else f'{text[0]}.{text[1:3]}e+{len(text) - 1}'}")
     return value
 
 
@@ -351,10 +380,47 @@ def _grid(name: str, value) -> tuple[float, ...]:
     return tuple(sorted(grid))
 
 
+def _seed_count(value) -> int:
+    """How many seeds ``seeds`` gives, checked without making them."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return integer("seeds", value, minimum=1)
+    return len(_list("seeds", value))
+
+
+def _check_rows(what: str, count: float, why: str) -> None:
+    if count > MAX_ROWS:
+        raise LrscanError(f"this sweep cannot fit: about {count:,.0f} {what} per run ({why}); lrscan keeps at most "
+                          f"{MAX_ROWS:,} per run")
+
+
+def physical_memory() -> int:
+    """Bytes of memory this machine has (0 where unknown)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def _check_data_memory(options: Mapping[str, Any], n_data: int) -> None:
+    """Refuse sample counts whose data sets cannot fit in memory: every ``n_*`` count option,
+    times the values per sample (``dim``, or a 32x32 colour image), as float64 while generated."""
+    counts = {k: v for k, v in options.items() if k.startswith("n_") and isinstance(v, int) and not isinstance(v, bool)
+              and k not in ("n_features", "n_classes")}
+    per_sample = options.get("dim", 3 * 32 * 32)
+    per_sample = per_sample if isinstance(per_sample, int) and per_sample > 0 else 3 * 32 * 32
+    need = sum(counts.values()) * per_sample * 8 * n_data
+    memory = physical_memory()
+    if memory and need > memory // 2:
+        biggest = max(counts, key=counts.get)
+        raise LrscanError(f"this sweep cannot fit: data.{biggest} = {counts[biggest]:,} makes data sets of about "
+                          f"{need / 1e9:,.3g} GB ({sum(counts.values()):,} samples x {per_sample:,} values), more than "
+                          f"half this machine's {memory / 1e9:.3g} GB of memory")
+
+
 def seeds_list(name: str, value) -> tuple[int, ...]:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return tuple(range(integer(name, value, minimum=1)))
-    seeds = tuple(integer(f"{name}[{i}]", s, minimum=0) for i, s in enumerate(_list(name, value)))
+        return tuple(range(integer(name, value, minimum=1, maximum=MAX_RUNS)))
+    seeds = tuple(integer(f"{name}[{i}]", s, minimum=0, maximum=MAX_SEED) for i, s in enumerate(_list(name, value)))
     if not seeds:
         raise LrscanError(f"{name} is empty; give a count or a list of seeds")
     if len(set(seeds)) != len(seeds):
@@ -416,9 +482,11 @@ def _checkpoints(value, end: float) -> tuple[float, ...]:
         start = number("checkpoint_epochs.start", value.get("start", 0.0), positive=False)
         stop = number("checkpoint_epochs.stop", value.get("stop", end), positive=False)
         count = int(math.floor((stop - start) / step + 1e-9)) + 1
+        _check_rows("checkpoints", count, f"every {step:g} epochs from {start:g} to {stop:g}")
         epochs = [start + i * step for i in range(max(count, 0))]
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
         step = number("checkpoint_epochs", value, positive=True)
+        _check_rows("checkpoints", end / step, f"every {step:g} of {end:g} epochs")
         epochs = [i * step for i in range(int(math.floor(end / step + 1e-9)) + 1)]
     else:
         epochs = [number(f"checkpoint_epochs[{i}]", e, positive=False) for i, e in enumerate(_list("checkpoint_epochs", value))]

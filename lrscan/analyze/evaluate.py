@@ -52,6 +52,8 @@ def blocks(weights: xr.DataArray, data_index: xr.DataArray, keep: tuple[str, ...
         The block's rows, their values (n, *keep) — only this block's chunks are read — and
         their data indices (n,).
     """
+    from lrscan.analyze.run import block_done  # `lrscan analyze` shows it
+
     runs = weights.isel({dim: 0 for dim in keep}, drop=True)
     data = data_index.broadcast_like(runs).transpose(*runs.dims).values.ravel()
     index = np.indices(runs.shape).reshape(runs.ndim, -1)
@@ -62,6 +64,7 @@ def blocks(weights: xr.DataArray, data_index: xr.DataArray, keep: tuple[str, ...
         picked = weights.isel({dim: xr.DataArray(block[i], dims="row") for i, dim in enumerate(runs.dims)})
         rows = slice(first, first + block.shape[1])
         yield rows, picked.transpose("row", *keep).values, data[rows]
+        block_done(rows.stop, index.shape[1])
 
 
 class Evaluator:

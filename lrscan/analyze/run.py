@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections.abc
+import contextvars
 import hashlib
 import inspect
 import json
@@ -21,15 +22,17 @@ from lrscan.analyze.solutions import require_complete
 from lrscan.errors import LrscanError
 from lrscan.registry import closest
 from lrscan.spec import toml_value
-from lrscan.store import open_store
+from lrscan.store import open_store, runs_digest
 
 
 def fingerprint(tree: xr.DataTree, name: str, options: dict) -> str:
-    """What a persisted result depends on: the store, the analyzer, its options, lrscan, and the
-    persisted results it reads (so it is recomputed when they are)."""
+    """What a persisted result depends on: the store, the analyzer, its options, lrscan, the
+    runs it reads as they are now (their checksums: retrained or repaired runs make it stale),
+    and the persisted results it reads (so it is recomputed when they are)."""
     stored = tree["analysis"].children if "analysis" in tree.children else {}
     options = effective_options(name, options)
     key = {
+        "runs": runs_digest(tree, ANALYZERS[name].needs),
         "store_created": tree.attrs.get("created"),
         "spec": tree.attrs["spec"],
         "analyzer": name,
@@ -223,6 +226,7 @@ def analyze(
     *,
     options: Mapping[str, Mapping[str, Any]] | None = None,
     progress: Callable[[str, str, float], None] | None = None,
+    blocks: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, str]:
     """Compute and persist analyzers over a finished store.
 
@@ -243,7 +247,11 @@ def analyze(
         :func:`check_options`), e.g. ``{"barriers": {"n_points": 5}}``. An option of an
         analyzer that does not run is an error.
     progress
-        Called as ``progress(name, status, seconds)`` with status "computed" or "up to date".
+        Called as ``progress(name, status, seconds)``: with status "computing" (0 s) when an
+        analyzer starts, then "computed" or "up to date".
+    blocks
+        Called as ``blocks(name, done, total)`` as an analyzer that runs the model works
+        through its solutions block by block (:func:`lrscan.analyze.evaluate.blocks`).
 
     Returns
     -------
@@ -265,16 +273,66 @@ def analyze(
         if name in stored and stored[name].attrs.get("lrscan_fingerprint") == key:
             status[name] = "up to date"
         else:
-            result = ANALYZERS[name](tree, **options.get(name, {}))
+            if progress is not None:
+                progress(name, "computing", 0.0)
+            token = _BLOCKS.set(None if blocks is None else (lambda done, total, name=name: blocks(name, done, total)))
+            try:
+                result = ANALYZERS[name](tree, **options.get(name, {}))
+            finally:
+                _BLOCKS.reset(token)
             # The options beside the result, for readers; the fingerprint is what decides.
             used = json.dumps(effective_options(name, options.get(name, {})), sort_keys=True, default=str)
-            result.attrs = {**result.attrs, "lrscan_analyzer": name, "lrscan_options": used}
+            # What `lrscan info` compares to tell a stale result without running any analyzer.
+            result.attrs = {**result.attrs, "lrscan_analyzer": name, "lrscan_options": used,
+                            "lrscan_runs": runs_digest(tree, ANALYZERS[name].needs),
+                            "lrscan_needs": list(ANALYZERS[name].needs), "lrscan_version": lrscan.__version__}
             persist(store, name, result, key)
             tree = open_store(store)  # later analyzers may read this result
             status[name] = "computed"
         if progress is not None:
             progress(name, status[name], time.perf_counter() - start)
+    if "metrics" in status:
+        record_best(store)
     return status
+
+
+def record_best(store: str | os.PathLike) -> None:
+    """Record the best PLR of each kind (:func:`lrscan.analyze.best.best`) in the ``/analysis``
+    group's ``lrscan_best`` attribute, bound to the metrics' fingerprint it was judged from, so
+    that ``lrscan info`` shows it without loading any analyzer."""
+    from lrscan.analyze.best import KINDS, best, plr_scores
+
+    tree = open_store(store)
+    metrics = tree["analysis/metrics"]
+    n_test = tree.attrs["spec"]["data"].get("n_test")
+    try:
+        scores = plr_scores(tree, n_test=n_test)
+    except LrscanError:
+        return  # neither fine-tuning nor SWA to judge by
+    found = {"metrics_fingerprint": metrics.attrs.get("lrscan_fingerprint")}
+    for kind in KINDS:
+        if kind not in scores:
+            continue
+        one = best(scores, kind)
+        if one is not None:
+            found[kind] = {"plr": one.plr, "accuracy": one.accuracy, "se": one.se, "low": one.low, "high": one.high,
+                           "tied": list(one.tied), "text": one.describe()}
+    try:
+        zarr.open_group(str(store), path="analysis", mode="r+").attrs["lrscan_best"] = found
+    except OSError as err:
+        raise LrscanError(f"could not write to the store at {store}: {err.strerror or err}") from None
+
+
+# The block reporter of the analyzer running now (set by :func:`analyze`).
+_BLOCKS: contextvars.ContextVar[Callable[[int, int], None] | None] = contextvars.ContextVar("blocks", default=None)
+
+
+def block_done(done: int, total: int) -> None:
+    """Report that an analyzer has worked through ``done`` of ``total`` solutions (called by
+    :func:`lrscan.analyze.evaluate.blocks`)."""
+    report = _BLOCKS.get()
+    if report is not None:
+        report(done, total)
 
 
 def _why_not(tree: xr.DataTree, name: str, only: Iterable[str] | None) -> str:
@@ -293,8 +351,12 @@ def persist(store: str | os.PathLike, name: str, result: xr.Dataset, key: str) -
     not drawn).
     """
     group = f"analysis/{name}"
-    _uniform_chunks(result).to_zarr(str(store), group=group, mode="w", consolidated=False, zarr_format=3)
-    zarr.open_group(str(store), path=group, mode="r+").attrs["lrscan_fingerprint"] = key
+    try:
+        _uniform_chunks(result).to_zarr(str(store), group=group, mode="w", consolidated=False, zarr_format=3)
+        zarr.open_group(str(store), path=group, mode="r+").attrs["lrscan_fingerprint"] = key
+    except OSError as err:
+        raise LrscanError(f"could not write /analysis/{name} to the store at {store}: {err.strerror or err}; "
+                          "results finished before are kept — fix the cause and rerun the same command") from None
 
 
 def _uniform_chunks(result: xr.Dataset) -> xr.Dataset:

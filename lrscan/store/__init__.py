@@ -20,12 +20,13 @@ See store/README.md for the user-facing description.
 One module per job: :mod:`~lrscan.store.reading` (location, attributes, damage),
 :mod:`~lrscan.store.create` (the skeleton), :mod:`~lrscan.store.checksum`,
 :mod:`~lrscan.store.writer` (region writes), :mod:`~lrscan.store.stream` (the streamed
-checkpoint sink, which needs torch and is loaded on first use), :mod:`~lrscan.store.claims`
-and :mod:`~lrscan.store.verify`. Reading and checking a store never imports torch.
+checkpoint sink, which needs torch and is loaded on first use), :mod:`~lrscan.store.claims`,
+:mod:`~lrscan.store.verify` and :mod:`~lrscan.store.digest` (what analyses were computed from). Reading and checking a store never imports torch.
 """
 
 from lrscan.store.checksum import RunData, canonical_nan, run_checksum, weights_crc
 from lrscan.store.claims import CLAIM_TTL, Claim, beside, claims_in_progress
+from lrscan.store.digest import runs_digest
 from lrscan.store.create import check_store, create_or_check, store_path
 from lrscan.store.reading import (RUN_DIMS, SCHEMA_VERSION, SWA_METRICS, StoreDamaged, _fs, _require_store,
                                   _root_attrs, damage, is_local, open_store, read_spec)

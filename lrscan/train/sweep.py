@@ -27,7 +27,7 @@ from lrscan.data import DATASETS, Data
 from lrscan.errors import LrscanError
 from lrscan.models import MODELS
 from lrscan.spec import Spec
-from lrscan.store import (Claim, RunData, RunEnd, StoreCheckpoints, StoreWriter, _root_attrs, beside, check_store,
+from lrscan.store import (Claim, RunData, RunEnd, StoreCheckpoints, StoreWriter, _root_attrs, beside,
                           create_or_check, is_local, store_path, weight_chunk_rows)
 from lrscan.train.engine import Engine, flat_state, layout, project, swa_average, to_numpy
 from lrscan.train.loop import EVAL_CHUNK, DeviceData, Snapshot, run_stage, seed_key
@@ -127,6 +127,10 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+# More model-steps than this (three years at a microsecond each) are refused as a mistake.
+MAX_MODEL_STEPS = 10**14
+
+
 @dataclass(frozen=True)
 class Estimate:
     """What a sweep will take, worked out before anything is allocated."""
@@ -136,11 +140,15 @@ class Estimate:
     model_steps: int  # training steps of all runs
 
     def describe(self) -> str:
-        return (f"{self.runs:,} runs, about {_bytes(self.store_bytes)} of store, "
+        return (f"{self.runs:,} runs, about {human_bytes(self.store_bytes)} of store, "
                 f"{self.model_steps:,} model-steps")
 
     def check(self, store: str | os.PathLike) -> None:
-        """Refuse a new local store that cannot fit on its disk."""
+        """Refuse a sweep of more model-steps than any machine trains, or a new local store that
+        cannot fit on its disk."""
+        if self.model_steps > MAX_MODEL_STEPS:
+            raise LrscanError(f"this sweep cannot be trained: {self.describe()}; at a microsecond per model-step "
+                              f"that is {self.model_steps / 1e6 / 3.15e7:,.3g} years")
         if not is_local(store):
             return
         place = Path(os.path.abspath(store))
@@ -150,11 +158,12 @@ class Estimate:
             place = place.parent
         free = shutil.disk_usage(place).free
         if self.store_bytes > free:
-            raise LrscanError(f"this sweep cannot fit: {self.describe()}, but {place} has {_bytes(free)} free; "
+            raise LrscanError(f"this sweep cannot fit: {self.describe()}, but {place} has {human_bytes(free)} free; "
                               "use fewer runs, checkpoints or parameters, or another --store")
 
 
-def _bytes(n: float) -> str:
+def human_bytes(n: float) -> str:
+    """A byte count as it reads: 3 significant digits and a decimal unit."""
     for unit in ("B", "kB", "MB", "GB", "TB", "PB"):
         if n < 1000 or unit == "PB":
             return f"{n:.3g} {unit}"
@@ -201,7 +210,6 @@ class Sweep:
         self.plr = _plr_subset(spec, plr)
         self.store = store = store_path(store)
         resolve_device(spec.device)  # a device this machine lacks is refused before any work
-        check_store(store, spec)  # so is an existing store of another spec, before the data load
         self.setup = setup = Setup.build(spec)
         self.plan = plan = setup.plan
         n_params = setup.layers[-1].stop
