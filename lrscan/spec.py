@@ -76,21 +76,32 @@ class Spec:
         }
 
     @classmethod
-    def from_dict(cls, tables: Mapping[str, Any]) -> "Spec":
-        """Rebuild a resolved spec from :meth:`to_dict` output (no defaults filled)."""
+    def from_dict(cls, tables: Mapping[str, Any], *, trusted: bool = False) -> "Spec":
+        """Rebuild a resolved spec from :meth:`to_dict` output (no defaults filled).
+
+        A spec read back from a store is a record, not the user's request: unless ``trusted``
+        (the tables are the user's own spec, as a dask task gets them), its ``data.download``
+        is turned off, so that a store's recorded ``data_dir`` is only ever read from, never
+        created or downloaded into (issue 18).
+        """
         sweep = dict(tables["sweep"])
         for name in ("plr", "flr", "seeds", "checkpoint_epochs", "swa"):
             sweep[name] = tuple(sweep[name])
-        return cls(**sweep, model_options=dict(tables["model"]), data_options=dict(tables["data"]))
+        data = dict(tables["data"])
+        if not trusted and data.get("download"):
+            data["download"] = False
+        return cls(**sweep, model_options=dict(tables["model"]), data_options=data)
 
-    def differences(self, other: "Spec", ignore: Iterable[str] = ("device", "compile")) -> list[str]:
-        """Names of the fields (``table.field``) in which two specs differ."""
+    def differences(self, other: "Spec", ignore: Iterable[str] = ("device", "compile", "data.download")) -> list[str]:
+        """Names of the fields (``table.field``) in which two specs differ; fields in ``ignore``
+        (``field`` or ``table.field``) say how a sweep runs, not what it computes."""
         a, b = self.to_dict(), other.to_dict()
         out = []
         for table in TABLES:
             for key in sorted(set(a[table]) | set(b[table])):
-                if key not in ignore and a[table].get(key) != b[table].get(key):
-                    out.append(key if table == "sweep" else f"{table}.{key}")
+                name = key if table == "sweep" else f"{table}.{key}"
+                if key not in ignore and name not in ignore and a[table].get(key) != b[table].get(key):
+                    out.append(name)
         return out
 
     @property

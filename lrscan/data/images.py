@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
+import os
 import pickle
 import sys
 from dataclasses import dataclass
@@ -99,10 +101,26 @@ class _BatchUnpickler(pickle.Unpickler):
     ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
                ("numpy._core.multiarray", "_reconstruct"), ("_codecs", "encode")}
 
+    def __init__(self, file, limit: int, **options):
+        super().__init__(file, **options)
+        self.limit = limit  # the file's size: no array it holds can have more elements
+
     def find_class(self, module: str, name: str):
         if (module, name) not in self.ALLOWED:
             raise pickle.UnpicklingError(f"a CIFAR batch does not hold {module}.{name}")
-        return super().find_class(module, name)
+        found = super().find_class(module, name)
+        if name == "_reconstruct":
+            return functools.partial(_bounded_reconstruct, found, self.limit)
+        return found
+
+
+def _bounded_reconstruct(reconstruct, limit: int, subtype, shape, dtype):
+    """numpy's array reconstruction, refused for a shape the file cannot hold (a few bytes
+    asking for 10^12 elements would otherwise be allocated before anything is checked)."""
+    count = math.prod(int(n) for n in shape) if isinstance(shape, tuple) else int(shape)
+    if count > limit:
+        raise pickle.UnpicklingError(f"it claims an array of {count:,} elements, more than its {limit:,} bytes hold")
+    return reconstruct(subtype, shape, dtype)
 
 
 def _read_batches(folder: Path, names: tuple[str, ...], label_key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -111,10 +129,10 @@ def _read_batches(folder: Path, names: tuple[str, ...], label_key: str) -> tuple
         path = folder / name
         try:
             with open(path, "rb") as f:
-                batch = _BatchUnpickler(f, encoding="latin1").load()
+                batch = _BatchUnpickler(f, os.fstat(f.fileno()).st_size, encoding="latin1").load()
             images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, *IMAGE_SHAPE))
             labels.append(np.asarray(batch[label_key], dtype=np.int64))
-        except (OSError, pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as err:
+        except (OSError, pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, MemoryError) as err:
             raise LrscanError(f"cannot read {path} as a CIFAR batch: {type(err).__name__}: {err}") from None
         if len(images[-1]) != len(labels[-1]):
             raise LrscanError(f"{path} holds {len(images[-1])} images but {len(labels[-1])} labels")

@@ -437,7 +437,7 @@ def _batch_task(spec_tables: dict, store: str, stage: str, index: int, batched: 
         torch.set_num_threads(threads)
     key = (store, json.dumps(spec_tables, sort_keys=True), None if plr is None else tuple(plr))
     if key not in _WORKER_SWEEPS:
-        spec = Spec.from_dict(spec_tables)
+        spec = Spec.from_dict(spec_tables, trusted=True)  # the user's own spec, sent by train()
         if spec.device in ("auto", "cuda") and torch.cuda.is_available():
             from dask.distributed import get_worker
 
