@@ -103,6 +103,20 @@ def test_compiled_step_matches_eager(small_spec):
     torch.testing.assert_close(compiled.flat(), eager.flat(), rtol=1e-4, atol=1e-5)
 
 
+def test_a_step_on_positions_gathers_inside_the_compiled_step_and_equals_a_step_on_the_batch(small_spec):
+    _, given, data = small_engine(small_spec, compile=True)
+    _, gathered, _ = small_engine(small_spec, compile=True)
+    assert gathered._step_on is not None  # the compiled batched engine gathers in its graph
+    which = torch.zeros(2, dtype=torch.long)
+    for step in range(5):
+        idx = torch.arange(32).reshape(2, 16).roll(7 * step)
+        a = given.step(data.x_train[0][idx], data.y_train[0][idx], torch.tensor([0.01, 0.3]))
+        b = gathered.step_on(data.x_train, data.y_train, which, idx, torch.tensor([0.01, 0.3]))
+        for x, y in zip(a, b):
+            torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(gathered.flat(), given.flat(), rtol=1e-6, atol=1e-7)
+
+
 def test_same_spec_gives_an_identical_store(small_spec, tmp_path):
     spec = small_spec()
     train(spec, tmp_path / "a.zarr")

@@ -255,6 +255,7 @@ class Engine:
         # Batched models compile the whole step; others compile one run's forward pass (the
         # step loops over runs in Python, which dynamo would unroll).
         self._step = torch.compile(self._step_all, dynamic=False) if compile and batched else self._step_all
+        self._step_on = torch.compile(self._gather_step, dynamic=False) if compile and batched else None
         self._eval = torch.compile(self._eval_chunk, dynamic=False) if compile and batched else self._eval_chunk
         self._run_logits = torch.compile(self._one_run_logits, dynamic=False) if compile else self._one_run_logits
 
@@ -309,6 +310,25 @@ class Engine:
         params, state = self._update(params, grads, state, lr)
         return params, state, _runs_sq(grads.values()).sqrt(), loss, acc
 
+    def _gather_step(self, params, state, data_x, data_y, which, idx, lr):
+        rows = which[:, None]
+        return self._step_all(params, state, data_x[rows, idx], data_y[rows, idx], lr)
+
+    def step_on(self, data_x: Tensor, data_y: Tensor, which: Tensor, idx: Tensor, elr: Tensor,
+                seeds: Sequence[int] | None = None) -> StepStats:
+        """:meth:`step` on a batch given by position: run ``m`` steps on samples ``idx[m]``
+        (M, B) of dataset ``which[m]`` of ``data_x`` (D, N, ...) and ``data_y`` (D, N).
+
+        A compiled batched engine gathers the batch inside its compiled step (one call per
+        step, no eager indexing); any other gathers it first and calls :meth:`step`.
+        """
+        if self._step_on is None:
+            rows = which[:, None]
+            return self.step(data_x[rows, idx], data_y[rows, idx], elr, seeds)
+        self.params, self.opt_state, grad_norm, loss, acc = self._step_on(
+            self.params, self.opt_state, data_x, data_y, which, idx, elr * self.lr_scale)
+        return StepStats(grad_norm.float(), loss.float(), acc.float())
+
     def step(self, x: Tensor, y: Tensor, elr: Tensor, seeds: Sequence[int] | None = None) -> StepStats:
         """One step of every run on its own batch (x (M, B, ...), y (M, B)).
 
@@ -344,13 +364,14 @@ class Engine:
         """Mean loss and accuracy of each run on its dataset, x (D, N, ...), y (D, N).
 
         Run ``m`` is evaluated on dataset ``which[m]``.  Runs go through in chunks of ``chunk``
-        (small chunks keep activations in cache) and samples in blocks of ``samples`` (memory
-        for image models); models off the batched path are in eval mode (BatchNorm uses each
-        run's running statistics).
+        (at most all of them; the last chunk is padded to the same shape, for one compilation)
+        and samples in blocks of ``samples`` (memory for image models); models off the batched
+        path go one by one, in eval mode (BatchNorm uses each run's running statistics).
         """
         if not self.batched:
             self.module.eval()
             chunk = 1  # runs go one by one anyway: no padding of the last chunk
+        chunk = min(chunk, self.n_runs)  # fewer runs than a chunk: one chunk of them, no padding
         n = x.shape[1]
         losses, accs = [], []
         for start in range(0, self.n_runs, chunk):

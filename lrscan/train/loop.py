@@ -20,8 +20,10 @@ from torch import Tensor
 from lrscan.train.engine import Engine, to_numpy
 from lrscan.train.plan import Stage
 
-# Runs evaluated together; small chunks keep activations in cache (measured fastest on CPU).
-EVAL_CHUNK = 8
+# Runs evaluated together (at most): on the 2-core AMD EPYC development machine, evaluating 256
+# MLP runs on the synthetic sets took 5.3x less CPU time in chunks of 128 than of 8
+# (Engine.evaluate takes fewer when the engine has fewer runs: one chunk, no padding).
+EVAL_CHUNK = 128
 # Losses, accuracies and weight_norm are evaluations at the logged step (BatchNorm in eval mode);
 # grad_norm and running_train_* are means over the steps since the previous row of what each
 # step measured (in train mode, as the study logs BatchNorm models), NaN at a stage's start.
@@ -235,13 +237,14 @@ def run_stage(
             order = epoch_order(distinct, stage.name, epoch, n_train, device)
         offset = (step % steps_per_epoch) * batch_size
         idx = order[run_seed, offset : offset + batch_size]  # (M, B)
-        x = data.x_train[which_data[:, None], idx]
-        y = data.y_train[which_data[:, None], idx]
         keys = None if engine.batched else [step_key(*s, stage.name, step) for s in seeds]
-        if data.augment is not None:
-            x = torch.stack([data.augment(x[i], generator.manual_seed(keys[i])) for i in range(m)])
         rate = elr if switch_elr is None or step < stage.switch[0] else switch_elr
-        stats = engine.step(x, y, rate, keys)
+        if data.augment is None:
+            stats = engine.step_on(data.x_train, data.y_train, which_data, idx, rate, keys)
+        else:
+            x = data.x_train[which_data[:, None], idx]
+            x = torch.stack([data.augment(x[i], generator.manual_seed(keys[i])) for i in range(m)])
+            stats = engine.step(x, data.y_train[which_data[:, None], idx], rate, keys)
         grad_sum += stats.grad_norm
         score_sum += torch.stack([stats.loss, stats.acc])
         step_count += 1
