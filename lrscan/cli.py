@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import sys
 import time
@@ -338,8 +339,9 @@ def _number(option: str, text: str | None) -> float | None:
 @click.option("--budget", metavar="MODEL_STEPS",
               help="Model-steps the search may spend in all, e.g. 2e6 (default: until the bracket is one grid step).")
 @click.option("--sequential", is_flag=True, help="Step runs one at a time instead of batched.")
+@json_option
 @user_errors
-def threshold(preset, config, store, overrides, low, high, per_decade, budget, sequential) -> None:
+def threshold(preset, config, store, overrides, low, high, per_decade, budget, sequential, as_json) -> None:
     """Locate the convergence threshold by bisection in log-PLR, training only the PLRs it picks.
 
     Pre-trains from scratch (every seed, pretrain_epochs each, no fine-tuning) at grid
@@ -357,7 +359,7 @@ def threshold(preset, config, store, overrides, low, high, per_decade, budget, s
     spec = threshold_spec(preset, config, overrides, low=_number("--low", low), high=_number("--high", high),
                           per_decade=int(steps) if steps.is_integer() else steps)
     base = default_store(preset, config)
-    path = store or base.with_name(f"{base.stem}-threshold.zarr")
+    path = store_argument(store, base.with_name(f"{base.stem}-threshold.zarr"))
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     search = ThresholdSearch(spec, path, budget=_number("--budget", budget), batched=False if sequential else None)
     click.echo(f"threshold search over {len(spec.plr)} PLRs from {spec.plr[0]:.3g} to {spec.plr[-1]:.3g}: "
@@ -381,17 +383,22 @@ def threshold(preset, config, store, overrides, low, high, per_decade, budget, s
     finally:
         display.__exit__()
     lo, hi = result.bracket
+    say = functools.partial(click.echo, err=as_json)  # with --json, the human text goes to stderr
     if result.status == "below":
-        click.echo(f"not every seed converges even at the grid's bottom, PLR {spec.plr[0]:.3g}: the threshold lies "
-                   "below the grid; lower --low")
+        say(f"not every seed converges even at the grid's bottom, PLR {spec.plr[0]:.3g}: the threshold lies "
+            "below the grid; lower --low")
     elif result.status == "above":
-        click.echo(f"every seed converges even at the grid's top, PLR {spec.plr[-1]:.3g}: the threshold lies above "
-                   "the grid; raise --high")
+        say(f"every seed converges even at the grid's top, PLR {spec.plr[-1]:.3g}: the threshold lies above "
+            "the grid; raise --high")
     else:
         how = "one grid step" if result.status == "resolved" else "the budget ran out first"
-        click.echo(f"convergence threshold at PLR {result.threshold:.3g} (log10 {math.log10(result.threshold):.3f} "
-                   f"± {result.log10_halfwidth:.3f}), bracket [{lo:.3g}, {hi:.3g}] ({how}); {len(result.picks)} "
-                   f"PLRs trained, {result.model_steps:,} model-steps; stored under {path}/analysis/threshold")
+        say(f"convergence threshold at PLR {result.threshold:.3g} (log10 {math.log10(result.threshold):.3f} "
+            f"± {result.log10_halfwidth:.3f}), bracket [{lo:.3g}, {hi:.3g}] ({how}); {len(result.picks)} "
+            f"PLRs trained, {result.model_steps:,} model-steps; stored under {path}/analysis/threshold")
+    if as_json:
+        emit_json({"store": str(path), "status": result.status, "threshold": result.threshold,
+                   "log10_halfwidth": result.log10_halfwidth, "bracket": [lo, hi], "picks": list(result.picks),
+                   "model_steps": result.model_steps})
 
 
 def _scan_amount(option: str, text: str | None, units: dict[str, float], what: str) -> float | None:
@@ -438,9 +445,10 @@ SCAN_STOPS = {
 @click.option("--per-bracket", default=1, show_default=True, type=click.IntRange(min=1), metavar="K",
               help="New PLRs per unresolved bracket and round (1: bisection; more: fewer, wider rounds).")
 @cluster_options
+@json_option
 @user_errors
 def scan(preset, config, store, overrides, budget, time_limit, precision, per_decade, flrs, per_bracket, workers,
-         scheduler) -> None:
+         scheduler, as_json) -> None:
     """Find the 2A range and the best PLR adaptively, training only the PLRs that decide them.
 
     Round 0 trains a coarse grid (2 PLRs per decade); each later round reads the regimes
@@ -456,7 +464,7 @@ def scan(preset, config, store, overrides, budget, time_limit, precision, per_de
     if workers and scheduler:
         raise UserError("give either --workers or --scheduler, not both")
     base = default_store(preset, config)
-    path = store or base.with_name(f"{base.stem}-scan.zarr")
+    path = store_argument(store, base.with_name(f"{base.stem}-scan.zarr"))
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     job = Scan(load_spec(preset, config, overrides), path,
                per_decade=_scan_amount("--per-decade", per_decade, {}, "a number"), flrs=flrs,
@@ -498,22 +506,34 @@ def scan(preset, config, store, overrides, budget, time_limit, precision, per_de
                 display.__exit__()
     est = estimates(result)
     low, high = est["1|2"], est["2A|2B"]
-    click.echo(f"convergence threshold  {_log10_plr(low)}")
+    say = functools.partial(click.echo, err=as_json)  # with --json, the human text goes to stderr
+    say(f"convergence threshold  {_log10_plr(low)}")
     if low.found and high.found:
-        click.echo(f"2A range               {10 ** low.value:.3g} to {10 ** high.value:.3g} "
-                   f"(log10 {low.value:.3f} ± {low.uncertainty:.3f} to {high.value:.3f} ± {high.uncertainty:.3f})")
+        say(f"2A range               {10 ** low.value:.3g} to {10 ** high.value:.3g} "
+            f"(log10 {low.value:.3f} ± {low.uncertainty:.3f} to {high.value:.3f} ± {high.uncertainty:.3f})")
     else:
-        click.echo(f"2A range               up to {_log10_plr(high)}")
+        say(f"2A range               up to {_log10_plr(high)}")
     line = f"recommended PLR        {_log10_plr(est['recommended'])}"
     if "recommended_flr" in result:
         line += (f": FT test accuracy {100 * float(result.recommended_test_acc):.1f}% "
                  f"with FLR {float(result.recommended_flr):.3g}")
-    click.echo(line)
+    say(line)
     spent = result.attrs["model_steps"]
-    click.echo(f"spent {spent:,} model-steps on {result.sizes.get('plr', 0)} of {len(spec.plr)} grid PLRs in "
-               f"{result.attrs['rounds']} rounds, {100 * spent / job.grid_steps:.0f}% of the full grid's "
-               f"{job.grid_steps:,}; stopped: {SCAN_STOPS.get(result.attrs['stopped'], result.attrs['stopped'])}")
+    say(f"spent {spent:,} model-steps on {result.sizes.get('plr', 0)} of {len(spec.plr)} grid PLRs in "
+        f"{result.attrs['rounds']} rounds, {100 * spent / job.grid_steps:.0f}% of the full grid's "
+        f"{job.grid_steps:,}; stopped: {SCAN_STOPS.get(result.attrs['stopped'], result.attrs['stopped'])}")
     click.echo(f"stored under {path}/analysis/scan", err=True)
+    if as_json:
+        found = {name: {"found": bool(e.found), "log10_plr": float(e.value) if e.found else None,
+                        "plr": float(10 ** e.value) if e.found else None,
+                        "log10_uncertainty": float(e.uncertainty) if e.found else None} for name, e in est.items()}
+        doc = {"store": str(path), "estimates": found, "model_steps": spent, "rounds": result.attrs["rounds"],
+               "stopped": result.attrs["stopped"], "grid_steps": job.grid_steps,
+               "trained_plr": [float(p) for p in result.plr.values] if "plr" in result.coords else []}
+        if "recommended_flr" in result:
+            doc["recommended_flr"] = float(result.recommended_flr)
+            doc["recommended_test_acc"] = float(result.recommended_test_acc)
+        emit_json(doc)
 
 
 @main.command("import")

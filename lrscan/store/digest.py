@@ -20,7 +20,10 @@ def runs_digest(tree: xr.DataTree | str | os.PathLike, stages: Iterable[str] = (
     """
     if isinstance(tree, xr.DataTree):
         attrs, read = tree.attrs, lambda group, name: tree[group][name].values
-        has = lambda group, name: group in tree and name in tree[group]  # noqa: E731
+        def has(group: str, name: str) -> bool:
+            stage, child = group.split("/")
+            return stage in tree.children and child in tree[stage].children and name in tree[group]
+
     else:
         root = zarr.open_group(str(tree), mode="r")
         attrs, read = root.attrs, lambda group, name: root[f"{group}/{name}"][...]

@@ -61,7 +61,11 @@ def _require_store(path: str | os.PathLike) -> None:
     fs, root = _fs(path)
     if not fs.exists(root):
         raise LrscanError(f"no store at {path}; run `lrscan train --store {path}` first")
-    if not fs.isdir(root) or not fs.exists(f"{root}/zarr.json"):
+    if not fs.isdir(root):
+        raise LrscanError(f"{path} is not an lrscan store (no zarr.json)")
+    if not fs.exists(f"{root}/zarr.json"):
+        if fs.exists(f"{root}/pretrain/metrics"):  # the rest of a store is there: its root was lost
+            raise StoreDamaged(f"{path} is damaged: zarr.json (the store's root, with its spec) is missing")
         raise LrscanError(f"{path} is not an lrscan store (no zarr.json)")
     meta = _metadata(fs, f"{root}/zarr.json", path)
     if "lrscan_schema" not in meta.get("attributes", {}):
