@@ -21,7 +21,7 @@ from lrscan.analyze.run import analyze
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
-WINDOW = (1400, 1000)
+WINDOW = (1280, 1000)  # the window every page must fit (issue 16)
 
 # What the figures and the explorer read; other analyzers (sharpness, ...) would only cost time here.
 ANALYSES = ["metrics", "angles", "barriers", "features", "group_norms", "regimes"]

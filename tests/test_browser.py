@@ -7,10 +7,13 @@ import pytest
 
 import lrscan
 from lrscan.plot.explore import serve
+from lrscan.plot.numbers import JS_FORMAT, fmt
 from tests.browser import (
-    analyzed_store, bokeh_rendered, chromium_driver, console_errors, free_port, ink, quit_driver, wait_for,
+    WINDOW, analyzed_store, bokeh_rendered, chromium_driver, console_errors, free_port, ink, quit_driver, wait_for,
     written_figures,
 )
+
+FIGURE_PAGES = ["pt_accuracy", "ft_accuracy", "swa_accuracy", "geometry", "features", "group_norms", "training_curves"]
 
 # JavaScript: the text of every plot title in the page's Bokeh document (none before it exists).
 TITLES = ("return window.Bokeh && Bokeh.documents.length ? [...Bokeh.documents[0].all_models]"
@@ -61,6 +64,29 @@ def test_a_figure_page_renders_its_plot_offline(driver, figures_dir, name):
     assert console_errors(driver) == []
     assert plot_ink(driver) > 0.05, "the plot area is blank"
     assert len(driver.execute_script(TITLES)) >= 2
+
+
+@pytest.mark.parametrize("name", FIGURE_PAGES)
+def test_each_figure_fits_a_1280_px_window_with_its_legend_or_colour_bar_in_view(driver, figures_dir, name):
+    driver.get((figures_dir / f"{name}.html").as_uri())
+    wait_for(lambda: bokeh_rendered(driver))
+    assert driver.execute_script("return window.innerWidth") == WINDOW[0] == 1280
+    page = driver.execute_script("return [document.documentElement.scrollWidth, window.innerWidth]")
+    assert page[0] <= page[1], f"{name} overflows the window: {page[0]} px wide"
+    right = driver.execute_script("return document.querySelector('[data-root-id] > *').getBoundingClientRect().right")
+    assert right <= WINDOW[0]
+    keys = driver.execute_script(
+        "return [...Bokeh.documents[0].all_models].filter(m => (m.type === 'Legend' && m.visible && m.items.length)"
+        " || m.type === 'ColorBar').map(m => m.type)")
+    assert keys, f"{name} has neither a legend nor a colour bar"
+    assert console_errors(driver) == []
+
+
+def test_hover_numbers_read_as_the_figures_do(driver, figures_dir):
+    driver.get((figures_dir / "index.html").as_uri())
+    values = [0.00749894, 3.16228e-05, 6.0, 55.3333, 1234.5, 0.1, -0.0025, 0.0]
+    shown = driver.execute_script(f"const f = new Function('value', {JS_FORMAT!r}); return arguments[0].map(f)", values)
+    assert shown == [fmt(v) for v in values]
 
 
 def test_explorer_renders_and_a_widget_updates_its_plots(driver, store):

@@ -14,6 +14,8 @@ figure, so that the command line starts fast.
 """
 
 DEFAULT_PORT = 5006
+# The image formats `lrscan plot --format` writes besides the HTML (matplotlib infers each from the file's suffix).
+IMAGE_FORMATS = ("png", "svg", "pdf")
 
 __all__ = ["FIGURES", "features", "frequency", "ft_accuracy", "geometry", "group_norms", "pt_accuracy",
            "scan", "sharpness", "summary", "swa_accuracy", "threshold", "training_curves", "two_stage", "write_figures"]

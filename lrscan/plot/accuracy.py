@@ -10,10 +10,11 @@ import xarray as xr
 
 from lrscan.analyze.solutions import pretrain
 from lrscan.errors import LrscanError
+from lrscan.plot.numbers import fmt
 from lrscan.plot.registry import figure, load_analysis
 from lrscan.plot.styles import (
-    EPOCH, PLR, SHADING, SPREAD, TEST_ACC, TRAIN_LOSS, colored_lines, colors, curve, framed, layout, limits,
-    percent, style, vs_plr,
+    EPOCH, FLR, PLR, SE, SHADING, SPREAD, SWA_K, TEST_ACC, TRAIN_LOSS, colored_lines, colors, curve, framed, layout,
+    limits, percent, style, vs_plr,
 )
 
 
@@ -49,28 +50,71 @@ def pt_accuracy(tree: xr.DataTree) -> hv.Overlay:
                   title="PT test accuracy vs PLR", ylabel=TEST_ACC)
 
 
-def _per_value(tree: xr.DataTree, acc: xr.DataArray, dim: str, name: Callable[[float], str],
-               title: str) -> hv.Overlay:
-    """Seed-mean accuracy against PLR, one curve per value of ``dim``, with the PT accuracy for reference."""
+def _per_value(tree: xr.DataTree, acc: xr.DataArray, dim: hv.Dimension, name: Callable[[float], str],
+               title: str, extra: list | None = None, values=(), dotted: bool = False) -> hv.Overlay:
+    """Seed-mean accuracy against PLR, one curve per value of ``dim``, with the PT accuracy for reference.
+
+    ``extra`` elements go on top (their y ``values`` count for the range); each point's hover
+    names its value of ``dim``; ``dotted`` draws the per-value lines dotted.
+    """
     pt = percent(load_analysis(tree, "metrics", ["pt_test_acc_mean"]).pt_test_acc_mean.mean("seed"))
-    mean = acc.mean("seed").transpose(dim, "plr")
+    mean = acc.mean("seed").transpose(dim.name, "plr")
     plr = mean.plr.values
-    curves = [curve(plr, percent(row), PLR, TEST_ACC, name(value), color)
-              for value, row, color in zip(mean[dim].values, mean.values, colors(mean.sizes[dim]))]
+    curves = [curve(plr, percent(row), PLR, TEST_ACC, name(value), color, hover={dim: float(value)}, dotted=dotted)
+              for value, row, color in zip(mean[dim.name].values, mean.values, colors(mean.sizes[dim.name]))]
     reference = curve(plr, pt, PLR, TEST_ACC, "PT", "#888888", dashed=True)
-    return vs_plr(tree, [reference, *curves], np.concatenate([percent(mean).ravel(), pt]),
+    return vs_plr(tree, [reference, *curves, *(extra or [])], np.concatenate([percent(mean).ravel(), pt, values]),
                   title=title, ylabel=TEST_ACC)
 
 
 @figure("ft_accuracy", needs=("metrics",), stages=("finetune",), title="FT test accuracy per FLR vs PLR",
-        caption="Final test accuracy after fine-tuning each pre-trained model with every FLR (mean over seeds), "
-                "next to the PT accuracy (grey, dashed). " + SHADING)
+        caption="Final test accuracy after fine-tuning each pre-trained model with every FLR (mean over seeds; "
+                "colour: the FLR, named in the legend), next to the PT accuracy (grey, dashed). Each FLR's line is "
+                "solid where it fine-tunes with a lower LR (FLR < PLR, what the study calls fine-tuning) and dotted "
+                "where it trains on with a higher one (FLR > PLR), which the study judges apart. Black: each PLR's "
+                "score, the mean over its FLRs below it (solid) and above it (dashed); the star marks the best PLR "
+                "by the former and the bar the PLRs tied with it within the noise. " + SHADING)
 def ft_accuracy(tree: xr.DataTree) -> hv.Overlay:
-    """FT test accuracy (%) against PLR, one curve per FLR, mean over seeds."""
+    """FT test accuracy (%) against PLR, one curve per FLR (solid below the PLR, dotted above), mean over seeds.
+
+    Returns
+    -------
+    hv.Overlay
+        A Curve of ``test_acc`` (%) over ``plr`` per FLR (labelled ``FLR <flr>``, every PLR), the
+        part where FLR < PLR drawn solid over it, the PT reference, and the scores of
+        :func:`lrscan.analyze.best.plr_scores` with the best PLR of :func:`~lrscan.analyze.best.best`.
+    """
+    from lrscan.analyze.best import best, plr_scores
+
     if "finetune" not in tree.children:
         raise LrscanError("the store has no fine-tuning data (finetune_epochs = 0)")
     acc = load_analysis(tree, "metrics", ["ft_test_acc"]).ft_test_acc
-    return _per_value(tree, acc, "flr", lambda flr: f"FLR {flr:.3g}", "FT test accuracy per FLR vs PLR")
+    mean = acc.mean("seed").transpose("flr", "plr")
+    plr = mean.plr.values
+    lower = []  # the study's fine-tuning, solid over the dotted whole line
+    for value, row, color in zip(mean.flr.values, percent(mean), colors(mean.sizes["flr"])):
+        below = plr > value
+        lower.append(style(hv.Curve((plr[below], row[below]), PLR, TEST_ACC), {"color": color},
+                           {"line_width": 2.5, "tools": []}, {"linewidth": 2.2}))
+    extra, values = list(lower), []
+    scores = plr_scores(tree)
+    for kind, name, dashed in (("ft", "mean over FLR < PLR", False), ("ft_higher", "mean over FLR > PLR", True)):
+        if kind in scores and np.isfinite(scores[kind]).any():
+            extra.append(curve(plr, percent(scores[kind]), PLR, TEST_ACC, name, "#000000", dashed=dashed,
+                               hover={"score": kind}))
+            values.append(percent(scores[kind]))
+    top = best(scores, "ft")
+    if top is not None:
+        tie = style(hv.Segments([(top.low, 100 * top.accuracy, top.high, 100 * top.accuracy)],
+                                [PLR, TEST_ACC, "plr_end", "test_acc_end"]), {"color": "#000000"},
+                    {"line_width": 3, "tools": []}, {"linewidth": 3})
+        star = style(hv.Scatter([(top.plr, 100 * top.accuracy, 100 * top.se)], PLR, [TEST_ACC, SE],
+                                label=f"best PLR {fmt(top.plr)} (bar: tied)"),
+                     {"color": "#000000"}, {"size": 16, "marker": "star"}, {"s": 160, "marker": "*"})
+        extra += [tie, star]
+    values = np.concatenate([v.ravel() for v in values]) if values else []
+    return _per_value(tree, acc, FLR, lambda flr: f"FLR {fmt(flr)}", "FT test accuracy per FLR vs PLR",
+                      extra, values, dotted=True)
 
 
 @figure("swa_accuracy", needs=("metrics",), stages=("swa",), title="SWA test accuracy per K vs PLR",
@@ -81,7 +125,7 @@ def swa_accuracy(tree: xr.DataTree) -> hv.Overlay:
     if "swa" not in tree.children:
         raise LrscanError("the store has no SWA solutions (swa is empty)")
     acc = load_analysis(tree, "metrics", ["swa_test_acc"]).swa_test_acc
-    return _per_value(tree, acc, "swa", lambda k: f"K = {k:g}", "SWA test accuracy per K vs PLR")
+    return _per_value(tree, acc, SWA_K, lambda k: f"K = {fmt(k)}", "SWA test accuracy per K vs PLR")
 
 
 
@@ -120,7 +164,7 @@ def training_curves(tree: xr.DataTree, flr: float | None = None) -> hv.Layout:
                                        dashed=dashed, colorbar=not dashed))
         panels.append(framed(hv.Overlay(lines), title=dim.label[0].upper() + dim.label[1:], logy=log,
                              ylabel=dim.pprint_label))
-    suffix = f" (FT with FLR {float(stages[1][0].flr):.3g} dashed)" if len(stages) > 1 else ""
+    suffix = f" (FT with FLR {fmt(float(stages[1][0].flr))} dashed)" if len(stages) > 1 else ""
     return layout(panels, "Training curves" + suffix)
 
 
@@ -178,7 +222,7 @@ def two_stage(tree: xr.DataTree) -> hv.Bars:
     acc = two_stage_accuracy(tree).test_acc
     mean, std = percent(acc.mean("seed")), percent(acc.std("seed"))
     stages = [str(s) for s in acc.stage.values]
-    plr_labels = [f"{p:.3g}" for p in acc.plr.values]
+    plr_labels = [f"{fmt(p)}" for p in acc.plr.values]
     plr_dim = hv.Dimension("plr", label="first-stage PLR", values=plr_labels)
     stage_dim = hv.Dimension("stage", label="stage", values=stages)  # values: the order of the bars
     rows = [(p, s, mean[i, j], std[i, j]) for i, p in enumerate(plr_labels) for j, s in enumerate(stages)]
@@ -187,7 +231,7 @@ def two_stage(tree: xr.DataTree) -> hv.Bars:
     style(bars, {"color": hv.dim("stage").categorize(palette)}, {"tools": ["hover"]}, {})
     switch = tree.attrs["spec"]["sweep"]["pretrain_switch"]
     # Bars start at 0: a bar's length is its accuracy.
-    return framed(bars, title=f"Switch to ELR {switch['plr']:g} at epoch {switch['epoch']:g}",
+    return framed(bars, title=f"Switch to ELR {fmt(switch['plr'])} at epoch {fmt(switch['epoch'])}",
                   ylim=(0.0, min(100.0, limits(mean)[1])), legend=False,
                   xlabel=plr_dim.label, ylabel=TEST_ACC.pprint_label)
 

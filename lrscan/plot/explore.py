@@ -21,6 +21,7 @@ import xarray as xr
 from lrscan.analyze.solutions import label
 from lrscan.errors import LrscanError
 from lrscan.plot import DEFAULT_PORT
+from lrscan.plot.numbers import fmt
 from lrscan.plot.registry import stored_analyses
 from lrscan.plot.styles import (
     ALPHA, BAND_ACC, EPOCH, FEATURE_ACC, PLR, TEST_ACC, colors, curve, framed, pair_name, percent, solution_name,
@@ -82,7 +83,7 @@ class Views:
     def overview(self, plr: float, flr: float | None, seed: int, epoch: float) -> hv.Overlay:
         """Test accuracy against PLR at ``epoch`` (PT, or FT with ``flr`` after the branch point)."""
         if epoch > self.pt_end and self.ft is not None:
-            acc, stage = self.ft.test_acc.sel(flr=flr, epoch=epoch), f"FT with FLR {flr:.3g}"
+            acc, stage = self.ft.test_acc.sel(flr=flr, epoch=epoch), f"FT with FLR {fmt(flr)}"
         else:
             acc, stage = self.pt.test_acc.sel(epoch=min(epoch, self.pt_end), method="nearest"), "PT"
         acc = percent(acc.transpose("plr", "seed").load())
@@ -93,7 +94,7 @@ class Views:
                        {"color": "#DD8452"}, {"size": 8}, {"s": 30})
         marker = style(hv.VLine(plr), {"color": "#DD8452"}, {"line_width": 2}, {"linewidth": 2})
         return vs_plr(self.tree, [mean, points, marker], acc, ylabel=TEST_ACC,
-                      title=f"Test accuracy vs PLR at epoch {epoch:g} ({stage})")
+                      title=f"Test accuracy vs PLR at epoch {fmt(epoch)} ({stage})")
 
     def curves(self, plr: float, flr: float | None, seed: int, epoch: float, kind: str) -> hv.Overlay:
         """The run's train and test ``kind`` ("loss" or "acc") against epoch: PT solid, FT dashed."""
@@ -106,12 +107,12 @@ class Views:
             for split, color in (("train", "#4C72B0"), ("test", "#C44E52")):
                 y = stage[f"{split}_{kind}"].values
                 y = np.maximum(y, 1e-8) if kind == "loss" else percent(y)  # a loss of 0 has no log
-                name = f"{split}" + (f" (FT, FLR {flr:.3g})" if dashed else " (PT)")
+                name = f"{split}" + (f" (FT, FLR {fmt(flr)})" if dashed else " (PT)")
                 lines.append(style(hv.Curve((stage.epoch.values, y), EPOCH, dim, label=name), {"color": color},
                                    {"line_dash": "dashed" if dashed else "solid", "line_width": 2},
                                    {"linestyle": "--" if dashed else "-"}))
         lines.append(style(hv.VLine(epoch), {"color": "#888888"}, {"line_dash": "dotted"}, {"linestyle": ":"}))
-        run = f"PLR {plr:.3g}, seed {seed}"
+        run = f"PLR {fmt(plr)}, seed {seed}"
         return framed(hv.Overlay(lines), title=f"Run {run}: {dim.label}", logy=kind == "loss",
                       ylabel=dim.pprint_label, xlabel=EPOCH.pprint_label)
 
@@ -127,7 +128,7 @@ class Views:
             lines.append(curve(path.alpha.values, path.test_error.values, ALPHA, ERROR, name, color))
             lines.append(curve(path.alpha.values, path.train_error.values, ALPHA, ERROR, "", color, dashed=True))
         return framed(hv.Overlay(lines), title=f"Error between solutions (test solid, train dashed), "
-                                               f"PLR {plr:.3g}, seed {seed}", ylabel=ERROR.pprint_label)
+                                               f"PLR {fmt(plr)}, seed {seed}", ylabel=ERROR.pprint_label)
 
     def bars(self, plr: float, flr: float | None, seed: int, analysis: str) -> hv.Bars:
         """The run's PT, SWA and FT (``flr``) accuracies per category of ``analysis`` (see ``BARS``)."""
@@ -140,7 +141,7 @@ class Views:
         rows = [(c, solution_name(s), 100 * float(acc.sel(solution=s, **{category: c})))
                 for c in acc[category].values for s in map(str, acc.solution.values)]
         bars = hv.Bars(rows, [category, "solution"], dim)
-        return style(bars, {"title": f"{title}, PLR {plr:.3g}, seed {seed}", "ylim": (0, 100)},
+        return style(bars, {"title": f"{title}, PLR {fmt(plr)}, seed {seed}", "ylim": (0, 100)},
                      {"width": 1120, "height": 320, "tools": ["hover"]})
 
 
@@ -159,11 +160,11 @@ def make_app(tree: xr.DataTree) -> pn.viewable.Viewable:
     """
     views = Views(tree)
     pt, ft = views.pt, views.ft
-    plr = pn.widgets.DiscreteSlider(label="PLR", options={f"{p:.3g}": float(p) for p in pt.plr.values})
-    flr = pn.widgets.Select(label="FLR", options={f"{f:.3g}": float(f) for f in ft.flr.values}) if ft else None
+    plr = pn.widgets.DiscreteSlider(label="PLR", options={f"{fmt(p)}": float(p) for p in pt.plr.values})
+    flr = pn.widgets.Select(label="FLR", options={f"{fmt(f)}": float(f) for f in ft.flr.values}) if ft else None
     seed = pn.widgets.Select(label="seed", options=[int(s) for s in pt.seed.values])
     epochs = np.union1d(pt.epoch.values, ft.epoch.values if ft else [])
-    epoch = pn.widgets.DiscreteSlider(label="epoch", options={f"{e:g}": float(e) for e in epochs},
+    epoch = pn.widgets.DiscreteSlider(label="epoch", options={f"{fmt(e)}": float(e) for e in epochs},
                                       value=float(epochs[-1]))
     widgets = [w for w in (plr, flr, seed, epoch) if w is not None]
     run = {"plr": plr, "flr": flr, "seed": seed}

@@ -15,11 +15,13 @@ from lrscan.plot.accuracy import ft_accuracy, pt_accuracy, swa_accuracy, trainin
 from lrscan.plot.solutions import features, frequency, geometry, group_norms, sharpness, sharpness_points
 from lrscan.plot.searches import scan, threshold
 from lrscan.plot.summary_text import summary
-from lrscan.plot.writers import Written, save_html, save_png, write_figures
+from lrscan.plot.writers import Written, save_html, save_image, write_figures
+
+save_png = save_image  # its name before it wrote SVG and PDF too, which tests of the figures use
 
 __all__ = ["BARRIER_FLOOR", "DPI", "FIGURES", "PANEL_HEIGHT", "PANEL_WIDTH", "Figure", "features", "figure",
            "figure_size", "frequency", "ft_accuracy", "geometry", "group_norms", "pt_accuracy", "regime_marks",
-           "regime_spans", "save_html", "save_png", "scan", "sharpness", "sharpness_points", "stored_analyses",
+           "regime_spans", "save_html", "save_image", "save_png", "scan", "sharpness", "sharpness_points", "stored_analyses",
            "summary", "swa_accuracy", "threshold", "training_curves", "two_stage", "two_stage_accuracy",
            "write_figures", "Written"]
 

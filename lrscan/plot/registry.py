@@ -55,7 +55,17 @@ class Figure:
         if stages:
             return f"needs {', '.join(stages)} data, which the store does not have"
         absent = [name for name in self.needs if name not in stored_analyses(tree)]
+        for name in absent:  # an analysis that cannot apply to the store is no data the store lacks
+            if reason := _inapplicable(tree, name):
+                return f"does not apply to this store: the {name} analysis {reason}"
         return f"needs the {', '.join(absent)} analysis, which the store does not have" if absent else None
+
+
+def _inapplicable(tree: xr.DataTree, name: str) -> str | None:
+    """Why the analyzer ``name`` cannot apply to the store, or None (also for what no analyzer computes)."""
+    from lrscan.analyze import ANALYZERS
+
+    return ANALYZERS[name].missing(tree) if name in ANALYZERS else None
 
 
 FIGURES: dict[str, Figure] = {}

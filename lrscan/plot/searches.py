@@ -8,6 +8,7 @@ import holoviews as hv
 import numpy as np
 import xarray as xr
 
+from lrscan.plot.numbers import fmt
 from lrscan.plot.registry import figure, load_analysis
 from lrscan.plot.styles import (
     PLR, REGIME_COLORS, SPREAD, TEST_ACC, curve, framed, layout, limits, percent, plr_edges, spans_of, style,
@@ -41,7 +42,7 @@ def threshold(tree: xr.DataTree) -> hv.Overlay:
     plr = epochs.plr.values
     every = epochs.notnull().all("seed").values
     mean, std = epochs.mean("seed").values, epochs.std("seed").fillna(0).values
-    dim = hv.Dimension("epochs_to_converge", label=f"epochs to train loss < {loss:g}", unit="epochs")
+    dim = hv.Dimension("epochs_to_converge", label=f"epochs to train loss < {fmt(loss)}", unit="epochs")
     shown = np.where(every, mean, np.nan)  # a mean only where every seed converged
     band = style(hv.Spread((plr[every], mean[every], std[every]), PLR, [dim, SPREAD]),
                  {"color": "#4C72B0", "alpha": 0.25}, {"line_alpha": 0})
@@ -51,7 +52,7 @@ def threshold(tree: xr.DataTree) -> hv.Overlay:
                   {"color": "#222222", "alpha": 0.5}, {"size": 5}, {"s": 12})
     never = runs[~np.isfinite(values)]
     missed = style(hv.Scatter((never, np.full(never.size, budget)), PLR, dim,
-                              label=f"not converged in {budget:g} epochs"),
+                              label=f"not converged in {fmt(budget)} epochs"),
                    {"color": "#C44E52"}, {"size": 8, "marker": "triangle"}, {"s": 30, "marker": "^"})
     marks = []
     lo, hi = float(result.bracket_low), float(result.bracket_high)
@@ -62,7 +63,7 @@ def threshold(tree: xr.DataTree) -> hv.Overlay:
                            {"line_dash": "dashed", "line_width": 1.5}, {"linestyle": "--", "linewidth": 1.2}))
     ylim = limits(np.append(values, budget), log=True)
     edges = plr_edges(np.asarray(tree.attrs["spec"]["sweep"]["plr"]))
-    title = (f"Threshold {float(result.threshold):.3g} (log10 ± {(math.log10(hi) - math.log10(lo)) / 2:.2g})"
+    title = (f"Threshold {fmt(float(result.threshold))} (log10 ± {fmt((math.log10(hi) - math.log10(lo)) / 2)})"
              if np.isfinite(lo * hi) else "The grid does not bracket the threshold")
     return framed(hv.Overlay([*marks, band, seeds, missed, curve(plr, shown, PLR, dim, "mean ± std", "#4C72B0")]),
                   title=title, logx=True, logy=True, xlim=(edges[0], edges[-1]), ylim=ylim,

@@ -10,30 +10,44 @@ import numpy as np
 import xarray as xr
 
 from lrscan.errors import LrscanError
+from lrscan.plot.numbers import fmt
 from lrscan.plot.registry import figure, load_analysis
 from lrscan.plot.styles import (
-    ANGLE, BAND_ACC, BARRIER_FLOOR, CHANNELS, FEATURE_ACC, LOG_NORM, PLR, SHADING, TEST_BARRIER, TRAIN_BARRIER,
-    colored_lines, colors, curve, framed, layout, limits, pair_name, percent, plr_edges, regime_spans,
+    ANGLE, BAND_ACC, BARRIER_FLOOR, CHANNELS, FEATURE_ACC, LOG_NORM, PAIR, PLR, SHADING, SPARSITY, TEST_BARRIER,
+    TRAIN_BARRIER, colored_lines, colors, curve, framed, layout, limits, pair_name, percent, plr_edges, regime_spans,
     solution_name, study_solutions, style, vs_plr,
 )
 
 
 def _pair_panel(tree: xr.DataTree, values: xr.DataArray, dim: hv.Dimension, title: str, *,
-                floor: float | None = None, legend: bool = False) -> hv.Overlay:
-    """Seed-mean of a per-pair quantity against PLR, one curve per pair."""
+                floor: float | None = None, legend: bool = False, reference: tuple[float, str] | None = None,
+                ) -> hv.Overlay:
+    """Seed-mean of a per-pair quantity against PLR, one curve per pair; ``reference``: a labelled level."""
     mean = values.mean("seed").transpose("pair", "plr")
     shown = np.maximum(mean.values, floor) if floor is not None else mean.values
-    curves = [curve(mean.plr.values, row, PLR, dim, pair_name(pair), color)
+    curves = [curve(mean.plr.values, row, PLR, dim, pair_name(pair), color, hover={PAIR: pair_name(pair)})
               for pair, row, color in zip(mean.pair.values, shown, colors(mean.sizes["pair"], "plasma"))]
-    return vs_plr(tree, curves, shown, title=title, ylabel=dim, logy=floor is not None, floor=floor, legend=legend)
+    marks, covered = [], shown
+    if reference is not None:
+        level, name = reference
+        marks = [style(hv.HLine(level), {"color": "#555555"}, {"line_dash": "dotted", "line_width": 1.5},
+                       {"linestyle": ":", "linewidth": 1.2}),
+                 # Labels, not Text: the panel's Text elements are the regimes' names.
+                 style(hv.Labels([(float(mean.plr.values[-1]), level, name)], [PLR, dim], "label"),
+                       {}, {"text_color": "#555555", "text_align": "right", "text_baseline": "top",
+                            "text_font_size": "9pt", "tools": []},
+                       {"color": "#555555", "horizontalalignment": "right", "verticalalignment": "top", "fontsize": 9})]
+        covered = np.append(shown, level)
+    return vs_plr(tree, [*marks, *curves], covered, title=title, ylabel=dim, logy=floor is not None, floor=floor,
+                  legend=legend)
 
 
 @figure("geometry", needs=("angles", "barriers"), title="Geometry of the solutions vs PLR",
         caption="Angle (radians; π/2 means unrelated) between the SI weight vectors of two solutions of one "
                 "pre-trained model (FT x: fine-tuned with FLR x; SWA K: the average of the last K pre-training "
                 "checkpoints), and the train and test error barriers (%) on the straight path between them, "
-                f"on a log axis where a barrier below {BARRIER_FLOOR:g}% (including 0) is drawn at "
-                f"{BARRIER_FLOOR:g}%. Mean over seeds. " + SHADING)
+                f"on a log axis where a barrier below {fmt(BARRIER_FLOOR)}% (including 0) is drawn at "
+                f"{fmt(BARRIER_FLOOR)}%. Mean over seeds; dotted: π/2, the angle of unrelated directions. " + SHADING)
 def geometry(tree: xr.DataTree) -> hv.Layout:
     """Angle (rad), train barrier and test barrier (%, log axis) against PLR, one curve per pair.
 
@@ -45,34 +59,41 @@ def geometry(tree: xr.DataTree) -> hv.Layout:
     angle = load_analysis(tree, "angles", ["angle"]).angle
     barriers = load_analysis(tree, "barriers", ["train_barrier", "test_barrier"])
     return layout([
-        _pair_panel(tree, angle, ANGLE, "Angle between solutions"),
-        _pair_panel(tree, barriers.train_barrier, TRAIN_BARRIER, "Train error barrier", floor=BARRIER_FLOOR),
-        _pair_panel(tree, barriers.test_barrier, TEST_BARRIER, "Test error barrier", floor=BARRIER_FLOOR, legend=True),
+        _pair_panel(tree, angle, ANGLE, "Angle between solutions", reference=(math.pi / 2, "π/2")),
+        # The legend beside the top right panel: the empty cell below it leaves the figure's width alone.
+        _pair_panel(tree, barriers.train_barrier, TRAIN_BARRIER, "Train error barrier", floor=BARRIER_FLOOR,
+                    legend=True),
+        _pair_panel(tree, barriers.test_barrier, TEST_BARRIER, "Test error barrier", floor=BARRIER_FLOOR),
     ], "Geometry of the solutions vs PLR")
 
 
 def _per_solution(tree: xr.DataTree, result: xr.Dataset, panel: Callable[[xr.Dataset, str], list],
                   values: Callable[[xr.Dataset], np.ndarray], ylabel: hv.Dimension, title: str,
-                  chance: float) -> hv.Layout:
+                  chance: float, legend: str = "right") -> hv.Layout:
     """One panel per solution the study compares (PT, SWA, FT low, FT high), each with a chance line.
 
     ``panel(part, solution)`` draws one solution's part of ``result``; ``values(result)`` are
-    the values every panel's y range covers (with chance), so that the panels compare.
+    the values every panel's y range covers (with chance), so that the panels compare. The
+    last panel has the legend, at ``legend`` (a HoloViews legend position).
     """
     solutions = [s for s in study_solutions(tree) if s in set(map(str, result.solution.values))]
     shown = np.append(values(result), 100 * chance)
     panels = []
     for i, solution in enumerate(solutions):
         chance_line = style(hv.HLine(100 * chance), {"color": "#888888"}, {"line_dash": "dotted"}, {"linestyle": ":"})
-        panels.append(vs_plr(tree, [chance_line, *panel(result.sel(solution=solution), solution)], shown,
-                             title=solution_name(solution), ylabel=ylabel, legend=i == len(solutions) - 1))
+        drawn = vs_plr(tree, [chance_line, *panel(result.sel(solution=solution), solution)], shown,
+                       title=solution_name(solution), ylabel=ylabel, legend=i == len(solutions) - 1)
+        panels.append(style(drawn, {"legend_position": legend}))
     return layout(panels, title)
 
 
 @figure("features", needs=("features",), title="Sorted single-feature accuracies vs PLR",
         caption="Accuracy of a solution on each single-feature test set (only that feature informative), sorted "
                 "in descending order per run and averaged over seeds; colour: the rank, 1 being the feature the "
-                "solution relies on most. Black, dashed: accuracy on the full test set; dotted: chance. " + SHADING)
+                "solution relies on most (one colour bar for every panel). Black, dashed: accuracy on the full test "
+                "set; dotted: chance. Last panel: the sparsity index of each solution (1: it relies on one feature, "
+                "0: on all alike; the participation ratio of its accuracies' excess over chance), mean over seeds. "
+                + SHADING)
 def features(tree: xr.DataTree) -> hv.Layout:
     """Sorted single-feature accuracies (%) against PLR, a line per rank, a panel per solution.
 
@@ -82,13 +103,17 @@ def features(tree: xr.DataTree) -> hv.Layout:
         A panel per solution (PT, SWA, FT low FLR, FT high FLR): lines (Segments) of
         ``feature_acc`` over ``plr`` coloured by ``rank``, and the full test accuracy.
     """
-    result = load_analysis(tree, "features", ["sorted_acc_mean", "test_acc"])
+    stored = tree["analysis/features"].data_vars
+    result = load_analysis(tree, "features", [v for v in ("sorted_acc_mean", "test_acc", "sparsity") if v in stored])
     rank = hv.Dimension("rank", label="rank (1 = most relied on)")
+    last = study_solutions(tree)[-1]
 
     def curves(part: xr.Dataset, solution: str) -> list:
         plr = part.plr.values
         sorted_acc = part.sorted_acc_mean.transpose("rank", "plr")
-        ranks = colored_lines(plr, percent(sorted_acc), sorted_acc["rank"].values, [PLR, FEATURE_ACC], rank)
+        # One colour bar, beside the last panel: the ranks are the same in every panel.
+        ranks = colored_lines(plr, percent(sorted_acc), sorted_acc["rank"].values, [PLR, FEATURE_ACC], rank,
+                              colorbar=solution == last)
         full = curve(plr, percent(part.test_acc.mean("seed")), PLR, FEATURE_ACC, "full test set", "#000000",
                      dashed=True)
         return [ranks, full]
@@ -97,7 +122,21 @@ def features(tree: xr.DataTree) -> hv.Layout:
         return np.concatenate([percent(result.sorted_acc_mean).ravel(), percent(result.test_acc).ravel()])
 
     chance = tree["analysis/features"].attrs.get("chance", 0.5)
-    return _per_solution(tree, result, curves, values, FEATURE_ACC, "Sorted single-feature accuracies vs PLR", chance)
+    figure = _per_solution(tree, result, curves, values, FEATURE_ACC, "Sorted single-feature accuracies vs PLR",
+                           chance, legend="bottom_left")
+    if "sparsity" not in result:  # stored before the features analysis had its sparsity index
+        return figure
+    return layout([*figure, _sparsity_panel(tree, result.sparsity)], "Sorted single-feature accuracies vs PLR")
+
+
+def _sparsity_panel(tree: xr.DataTree, sparsity: xr.DataArray) -> hv.Overlay:
+    """The sparsity index of each solution the study compares against PLR, mean over seeds."""
+    solutions = [s for s in study_solutions(tree) if s in set(map(str, sparsity.solution.values))]
+    mean = sparsity.mean("seed").sel(solution=solutions).transpose("solution", "plr")
+    lines = [curve(mean.plr.values, row, PLR, SPARSITY, solution_name(s), c, hover={"solution": solution_name(s)})
+             for s, row, c in zip(solutions, mean.values, colors(len(solutions), "plasma"))]
+    panel = vs_plr(tree, lines, mean.values, title="Sparsity index", ylabel=SPARSITY, ylim=(-0.05, 1.2))
+    return style(panel, {"legend_position": "bottom_left"})
 
 
 @figure("frequency", needs=("frequency",), title="Test accuracy per frequency band vs PLR",
@@ -115,7 +154,8 @@ def frequency(tree: xr.DataTree) -> hv.Layout:
     def curves(part: xr.Dataset, solution: str) -> list:
         mean = part.band_acc.mean("seed")
         full = part.test_acc.mean("seed")
-        return [curve(mean.plr.values, percent(mean.sel(band=b)), PLR, BAND_ACC, f"band {b}", c)
+        return [curve(mean.plr.values, percent(mean.sel(band=b)), PLR, BAND_ACC, f"band {b}", c,
+                      hover={"band": str(b), "solution": solution_name(solution)})
                 for b, c in zip(mean.band.values, palette)] + [
             curve(full.plr.values, percent(full), PLR, BAND_ACC, "full test set", "#000000", dashed=True)]
 
@@ -159,7 +199,7 @@ def group_norms(tree: xr.DataTree) -> hv.Layout:
     plr = share.plr.values
     chosen = _representatives(tree, plr)
     spans = regime_spans(tree)
-    names = [f"PLR {p:.3g}" + "".join(f" ({label})" for label, start, stop in spans if start <= p < stop)
+    names = [f"PLR {fmt(p)}" + "".join(f" ({label})" for label, start, stop in spans if start <= p < stop)
              for p in chosen]
     palette = colors(len(chosen), "plasma")
     points = [str(p) for p in share.point.values if str(p) in NORM_POINTS]
@@ -173,7 +213,7 @@ def group_norms(tree: xr.DataTree) -> hv.Layout:
                       for p, name, c in zip(chosen, names, palette)]
         title = NORM_POINTS[point]
         if point == "finetune" and "finetune_flr" in attrs:
-            title += f" (FLR {attrs['finetune_flr']:.3g})"
+            title += f" (FLR {fmt(attrs['finetune_flr'])})"
         panel = framed(hv.Overlay(histograms), title=title, xlim=(edges[0], edges[-1]), ylim=(0.0, 1.1 * top),
                        legend=point == points[0], xlabel=LOG_NORM.pprint_label, ylabel=CHANNELS.pprint_label)
         # Inside, at the top left (norms rarely come that small): a legend beside one panel would narrow it alone.
@@ -249,7 +289,7 @@ def sharpness_points(tree: xr.DataTree, loss_factor: float = LOSS_FACTOR) -> xr.
         caption="Hessian trace of the train loss over the SI group (Hutchinson's estimate, `lrscan analyze --only "
                 "sharpness`; log axis) against the test error of fine-tuned solutions, one point per (PLR, FLR, "
                 f"seed), coloured by log10 PLR. Only solutions whose final train loss lies within a factor "
-                f"{LOSS_FACTOR:g} of the median over all fine-tuned solutions are shown, so that sharpness is compared "
+                f"{fmt(LOSS_FACTOR)} of the median over all fine-tuned solutions are shown, so that sharpness is compared "
                 "at matched train loss; non-positive trace estimates have no place on the log axis and are left out.")
 def sharpness(tree: xr.DataTree, loss_factor: float = LOSS_FACTOR) -> hv.Scatter:
     """Hessian trace (log x) against test error (%) of FT solutions at matched train loss, coloured by PLR.
@@ -277,7 +317,7 @@ def sharpness(tree: xr.DataTree, loss_factor: float = LOSS_FACTOR) -> hv.Scatter
                     {"color": LOG_PLR.name, "cmap": "viridis", "colorbar": True}, {"size": 8, "tools": ["hover"]},
                     {"s": 30})
     total = int(points.hessian_trace.notnull().sum())
-    title = (f"FT solutions, train loss ×{loss_factor:g} of {points.median_train_loss:.2g}: "
+    title = (f"FT solutions, train loss ×{fmt(loss_factor)} of {fmt(points.median_train_loss)}: "
              f"{shown.sizes['solution']} of {total}")
     positive = points.hessian_trace.values[points.hessian_trace.values > 0]
     xlim = {"xlim": limits(positive, log=True)} if positive.size else {}

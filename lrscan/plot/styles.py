@@ -16,6 +16,7 @@ import numpy as np
 import xarray as xr
 
 from lrscan.analyze.solutions import default_pairs
+from lrscan.plot.numbers import JS_FORMAT, fmt
 from lrscan.plot.registry import stored_analyses
 
 
@@ -29,7 +30,8 @@ def _load_backends() -> None:
 
 _load_backends()
 
-# Size of one panel: pixels of the PNG at DPI, and of the Bokeh plot.
+# Size of one panel: pixels of the PNG at DPI (the default; ``lrscan plot --dpi`` scales it), and of the
+# Bokeh plot. Two panels a row fit a 1280-px window, legends included (they sit inside the width).
 PANEL_WIDTH, PANEL_HEIGHT, DPI = 560, 420, 100
 # Barriers are drawn on a log axis, where 0 has no place: values below this (in %) sit on it.
 BARRIER_FLOOR = 0.01
@@ -38,11 +40,14 @@ SHADING = ("Shading: each PLR's most common regime over seeds (1 convergence, 2A
            "2? undecided, 3 divergence); dashed lines: the regime boundaries, geometric mean over seeds.")
 
 PLR = hv.Dimension("plr", label="PLR (effective learning rate)")
+FLR = hv.Dimension("flr", label="FLR (fine-tuning learning rate)")
+SWA_K = hv.Dimension("swa", label="K (checkpoints averaged)")
 EPOCH = hv.Dimension("epoch", label="epoch")
 ALPHA = hv.Dimension("alpha", label="α along the path (0 = first solution, 1 = second)")
 TEST_ACC = hv.Dimension("test_acc", label="test accuracy", unit="%")
 TRAIN_LOSS = hv.Dimension("train_loss", label="train loss (cross-entropy)", unit="nats")
 SPREAD = hv.Dimension("spread", label="std", unit="%")
+SE = hv.Dimension("se", label="standard error", unit="%")
 ANGLE = hv.Dimension("angle", label="angle between solutions", unit="rad")
 TRAIN_BARRIER = hv.Dimension("train_barrier", label="train error barrier", unit="%")
 TEST_BARRIER = hv.Dimension("test_barrier", label="test error barrier", unit="%")
@@ -50,6 +55,8 @@ FEATURE_ACC = hv.Dimension("feature_acc", label="single-feature test accuracy", 
 BAND_ACC = hv.Dimension("band_acc", label="test accuracy on the band", unit="%")
 LOG_NORM = hv.Dimension("log10_norm", label="log10 of channel norm ‖W[i]‖ / ρ")
 CHANNELS = hv.Dimension("channels", label="share of channels", unit="%")
+SPARSITY = hv.Dimension("sparsity", label="sparsity index (1 = one feature)")
+PAIR = hv.Dimension("pair", label="pair of solutions")
 
 
 def style(obj, common: dict | None = None, bokeh: dict | None = None, mpl: dict | None = None):
@@ -66,13 +73,61 @@ def colors(n: int, cmap: str = "viridis") -> list[str]:
     return [matplotlib.colors.to_hex(colormap(x)) for x in np.linspace(0, 0.85, n)]
 
 
-def curve(x, y, kdim, vdim, label: str, color: str, dashed: bool = False) -> hv.Overlay:
-    """A line with a marker at every point, so sparse grids read as grids."""
+def curve(x, y, kdim, vdim, label: str, color: str, dashed: bool = False, hover: dict | None = None,
+          dotted: bool = False) -> hv.Overlay:
+    """A line with a marker at every point, so sparse grids read as grids; ``dashed`` or ``dotted`` lines.
+
+    ``hover`` adds constant columns to the markers (``{dimension: value}``, e.g. the FLR of the
+    line), which their hover tool shows beside the point's coordinates; the line has none, so a
+    point is reported once.
+    """
+    extra = [hv.Dimension(d) if isinstance(d, str) else d for d in (hover or {})]
+    columns = [np.full(np.shape(x), value, dtype=object if isinstance(value, str) else float)
+               for value in (hover or {}).values()]
+    dash = "dotted" if dotted else "dashed" if dashed else "solid"
     line = style(hv.Curve((x, y), kdim, vdim, label=label), {"color": color},
-                 {"line_width": 2, "line_dash": "dashed" if dashed else "solid"},
-                 {"linewidth": 2, "linestyle": "--" if dashed else "-"})
-    points = style(hv.Scatter((x, y), kdim, vdim), {"color": color}, {"size": 5}, {"s": 16})
+                 {"line_width": 2, "line_dash": dash, "tools": []},
+                 {"linewidth": 2, "linestyle": {"dotted": ":", "dashed": "--", "solid": "-"}[dash]})
+    points = style(hv.Scatter((x, y, *columns), kdim, [vdim, *extra]), {"color": color}, {"size": 5}, {"s": 16})
     return line * points
+
+
+# Elements a hover tool reports on, and the columns of each that are not the reader's (segment ends).
+HOVERED = (hv.Scatter, hv.Curve, hv.Segments, hv.Bars, hv.Spread, hv.ErrorBars)
+
+
+def hover_options(element) -> dict:
+    """Bokeh options of a hover tool on ``element``: each of its dimensions by label, numbers by :func:`fmt`."""
+    from bokeh.models import CustomJSHover
+
+    tooltips, formatters = [], {}
+    for dim in element.dimensions():
+        if dim.name.endswith("_end"):  # the far end of a segment: its start says where it is
+            continue
+        values = element.dimension_values(dim)
+        field = "@{%s}" % dim.name
+        if np.asarray(values).dtype.kind in "fiu":
+            formatters[field] = CustomJSHover(code=JS_FORMAT)
+            tooltips.append((dim.pprint_label, field + "{custom}"))
+        else:
+            tooltips.append((dim.pprint_label, field))
+    return {"tools": ["hover"], "hover_tooltips": tooltips, "hover_formatters": formatters}
+
+
+def with_hover(panel):
+    """``panel`` with a hover tool on each of its data elements that sets no tools of its own.
+
+    Histograms and meshes get HoloViews' own tooltips (their columns are bins, not dimensions).
+    """
+    elements = list(panel) if isinstance(panel, hv.Overlay) else [panel]
+    for element in elements:
+        if "tools" in element.opts.get("plot", backend="bokeh").kwargs:
+            continue
+        if isinstance(element, HOVERED):
+            element.opts(**hover_options(element), backend="bokeh")
+        elif isinstance(element, (hv.Histogram, hv.QuadMesh)):
+            element.opts(tools=["hover"], backend="bokeh")
+    return panel
 
 
 def colored_lines(x, ys, values, kdims: list[hv.Dimension], color: hv.Dimension, cmap: str = "viridis",
@@ -142,7 +197,7 @@ def spans_of(regimes: xr.Dataset) -> list[tuple[str, float, float]]:
     return spans
 
 
-def regime_marks(tree: xr.DataTree, label_y: float, *, shade: bool = True) -> list:
+def regime_marks(tree: xr.DataTree, label_y: float, *, shade: bool = True, below: float | None = None) -> list:
     """Elements marking the regimes on a panel against PLR.
 
     Parameters
@@ -151,6 +206,9 @@ def regime_marks(tree: xr.DataTree, label_y: float, *, shade: bool = True) -> li
         An opened store; without a ``regimes`` analysis there is nothing to mark.
     label_y
         Height (in the panel's data units) at which each regime is named.
+    below
+        A second height: the name of a span too narrow to hold it beside its neighbour's goes
+        there, so that names do not overlap (default: ``label_y``).
     shade
         Shade each regime's span (off for panels whose data fills the whole area).
 
@@ -162,13 +220,18 @@ def regime_marks(tree: xr.DataTree, label_y: float, *, shade: bool = True) -> li
     regimes = _regimes(tree)
     if regimes is None:
         return []
-    marks = []
-    for label, start, stop in spans_of(regimes):
+    marks, spans = [], spans_of(regimes)
+    decades = math.log10(spans[-1][2] / spans[0][1]) if spans else 1.0
+    lower = False
+    for label, start, stop in spans:
         if shade:
             color = REGIME_COLORS.get(label, "gray")
             marks.append(style(hv.VSpan(start, stop), {"alpha": 0.13}, {"color": color, "line_alpha": 0},
                                {"facecolor": color, "edgecolor": "none"}))
-        text = hv.Text(math.sqrt(start * stop), label_y, label)
+        # A name takes about a tenth of the axis: narrower spans alternate heights, the next one
+        # starting high again once a span is wide enough.
+        lower = not lower and math.log10(stop / start) < 0.1 * decades and below is not None
+        text = hv.Text(math.sqrt(start * stop), below if lower else label_y, label)
         marks.append(style(text, {"color": REGIME_COLORS.get(label, "gray")}, {"text_font_size": "11pt"},
                            {"fontsize": 11}))
     for value in regimes.boundary_geomean.values:
@@ -201,24 +264,27 @@ def vs_plr(tree: xr.DataTree, elements: list, values, *, title: str, ylabel: hv.
         A y range instead of the one ``values`` give.
     """
     lo, hi = ylim or limits(values, log=logy, floor=floor)
-    label_y = lo ** 0.07 * hi ** 0.93 if logy else lo + 0.93 * (hi - lo)  # 93% of the way up
+    def height(share: float) -> float:
+        return lo ** (1 - share) * hi ** share if logy else lo + share * (hi - lo)
+
     edges = plr_edges(np.asarray(tree.attrs["spec"]["sweep"]["plr"]))
-    panel = hv.Overlay([*regime_marks(tree, label_y, shade=shade), *elements])
+    panel = hv.Overlay([*regime_marks(tree, height(0.93), shade=shade, below=height(0.86)), *elements])
     return framed(panel, title=title, logx=True, logy=logy, xlim=(edges[0], edges[-1]), ylim=(lo, hi),
                   legend=legend, xlabel=PLR.pprint_label, ylabel=ylabel.pprint_label)
 
 
 def framed(panel, *, title: str, legend: bool = True, **plot) -> hv.Overlay:
-    """Size, title and legend of one panel, alike in both backends."""
-    return style(panel, {"title": title, "show_legend": legend, **plot},
+    """Size, title, legend and hover tools of one panel, alike in both backends."""
+    # legend_limit: HoloViews drops a legend of more than 25 elements (labelled or not) unless told otherwise.
+    return style(with_hover(panel), {"title": title, "show_legend": legend, "legend_limit": 200, **plot},
                  {"width": PANEL_WIDTH, "height": PANEL_HEIGHT, "legend_position": "right",
                   "legend_opts": {"label_text_font_size": "8pt"}},
                  {"aspect": "auto", "legend_position": "right", "legend_opts": {"fontsize": 7}})
 
 
 def grid_shape(n_panels: int) -> tuple[int, int]:
-    """(rows, columns) of a figure of ``n_panels`` panels: one row up to three, then two columns."""
-    cols = n_panels if n_panels <= 3 else 2
+    """(rows, columns) of a figure of ``n_panels`` panels: two a row, so that a row fits a 1280-px window."""
+    cols = min(n_panels, 2)
     return math.ceil(n_panels / cols), cols
 
 
@@ -231,17 +297,17 @@ def layout(panels: list, title: str) -> hv.Layout:
                  {"sublabel_format": "", "fig_inches": (cols * PANEL_WIDTH / DPI, rows * PANEL_HEIGHT / DPI)})
 
 
-def figure_size(obj) -> tuple[int, int]:
-    """Pixel size (width, height) of the PNG of a figure."""
+def figure_size(obj, dpi: float = DPI) -> tuple[int, int]:
+    """Pixel size (width, height) of the PNG of a figure at ``dpi``."""
     rows, cols = grid_shape(len(obj) if isinstance(obj, hv.Layout) else 1)
-    return cols * PANEL_WIDTH, rows * PANEL_HEIGHT
+    return round(cols * PANEL_WIDTH * dpi / DPI), round(rows * PANEL_HEIGHT * dpi / DPI)
 
 
 
 def solution_name(label: str) -> str:
     """How a solution label reads in a figure: ``ft=0.001`` -> ``FT (FLR 0.001)``."""
     kind, _, value = str(label).partition("=")
-    return {"pt": "PT", "ft": f"FT (FLR {value})", "swa": f"SWA (K = {value})"}.get(kind, str(label))
+    return {"pt": "PT", "ft": f"FT (FLR {fmt(value)})", "swa": f"SWA (K = {fmt(value)})"}.get(kind, str(label))
 
 
 def study_solutions(tree: xr.DataTree) -> list[str]:
@@ -263,5 +329,6 @@ def percent(values) -> np.ndarray:
 
 def pair_name(pair: str) -> str:
     """How a pair label reads in a legend: ``ft=0.001~swa=5`` -> ``FT 0.001 ↔ SWA 5``."""
-    return " ↔ ".join(end.replace("=", " ").upper() for end in str(pair).split("~"))
+    return " ↔ ".join(f"{kind.upper()} {fmt(value)}".strip() for kind, _, value in
+                      (end.partition("=") for end in str(pair).split("~")))
 

@@ -12,7 +12,9 @@ import holoviews as hv
 import xarray as xr
 
 from lrscan.errors import LrscanError
+from lrscan.plot import IMAGE_FORMATS
 from lrscan.plot import accuracy, searches, solutions  # noqa: F401 (importing a figure module registers its figures)
+from lrscan.plot.numbers import fmt
 from lrscan.plot.registry import FIGURES, stored_analyses
 from lrscan.plot.styles import DPI, PANEL_WIDTH, figure_size, grid_shape
 from lrscan.plot.summary_text import summary
@@ -45,19 +47,20 @@ def save_html(obj, path: str | os.PathLike, title: str, caption: str) -> Path:
     return Path(path)
 
 
-def save_png(obj, path: str | os.PathLike) -> Path:
-    """Write a figure as a PNG (matplotlib, Agg) of exactly :func:`figure_size` pixels.
+def save_image(obj, path: str | os.PathLike, dpi: float = DPI) -> Path:
+    """Write a figure as an image (matplotlib): PNG of exactly :func:`figure_size` pixels at ``dpi``, or SVG / PDF.
 
-    Each panel is drawn into its cell of one constrained-layout figure, which fits titles,
-    labels and colour bars into the fixed size (HoloViews' own matplotlib layouts do not).
+    The format is the suffix of ``path`` (one of :data:`IMAGE_FORMATS`). Each panel is drawn
+    into its cell of one constrained-layout figure, which fits titles, labels and colour bars
+    into the fixed size (HoloViews' own matplotlib layouts do not).
     """
     from matplotlib.figure import Figure as MplFigure
 
     panels = list(obj) if isinstance(obj, hv.Layout) else [obj]
     rows, cols = grid_shape(len(panels))
-    width, height = figure_size(obj)
+    width, height = figure_size(obj)  # inches = pixels at the default DPI, whatever the dpi asked for
     # A bare Figure, not pyplot: no GUI backend, no global figure list; savefig draws with Agg.
-    fig = MplFigure(figsize=(width / DPI, height / DPI), dpi=DPI, layout="constrained")
+    fig = MplFigure(figsize=(width / DPI, height / DPI), dpi=dpi, layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     renderer = hv.renderer("matplotlib")
     for axis, panel in zip(axes, panels):
@@ -66,7 +69,7 @@ def save_png(obj, path: str | os.PathLike) -> Path:
         axis.set_visible(False)
     if isinstance(obj, hv.Layout):
         fig.suptitle(obj.opts.get(backend="matplotlib").kwargs.get("title", ""))
-    fig.savefig(str(path), dpi=DPI, facecolor="white")
+    fig.savefig(str(path), dpi=dpi, facecolor="white")
     return Path(path)
 
 
@@ -85,12 +88,13 @@ class Written:
     """What :func:`write_figures` wrote: the index page, each figure's files, and what it skipped and why."""
 
     index: Path
-    figures: dict[str, tuple[Path, Path]]
+    figures: dict[str, tuple[Path, ...]]  # the HTML page, then an image per format
     skipped: dict[str, str]
 
 
-def write_figures(tree: xr.DataTree, out: str | os.PathLike, store_name: str = "") -> Written:
-    """Write every figure the store can show as ``<name>.html`` and ``<name>.png``, and ``index.html``.
+def write_figures(tree: xr.DataTree, out: str | os.PathLike, store_name: str = "",
+                  formats: tuple[str, ...] = ("png",), dpi: float = DPI) -> Written:
+    """Write every figure the store can show as ``<name>.html`` and an image per format, and ``index.html``.
 
     Parameters
     ----------
@@ -100,17 +104,27 @@ def write_figures(tree: xr.DataTree, out: str | os.PathLike, store_name: str = "
         Directory to write into (created).
     store_name
         How the index names the store (e.g. its path).
+    formats
+        Image formats besides the HTML page, of :data:`IMAGE_FORMATS`.
+    dpi
+        Resolution of the PNGs (the size of SVG and PDF in inches is the same at any dpi).
 
     Returns
     -------
     Written
-        The index path, ``{name: (html, png)}``, and ``{name: reason}`` for figures skipped.
+        The index path, ``{name: (html, image, ...)}``, and ``{name: reason}`` for figures skipped.
 
     Raises
     ------
     LrscanError
-        If the store has no analyses yet.
+        If the store has no analyses yet, or a format or dpi is not one it can write.
     """
+    unknown = [f for f in formats if f not in IMAGE_FORMATS]
+    if unknown or not formats:
+        raise LrscanError(f"unknown image format {', '.join(unknown) or '(none)'}: formats are "
+                          f"{', '.join(IMAGE_FORMATS)}, comma-separated")
+    if not 10 <= dpi <= 1200:
+        raise LrscanError(f"dpi {fmt(dpi)} is out of range: 10 to 1200")
     if not stored_analyses(tree):
         raise LrscanError(f"the store has no analyses yet; run `lrscan analyze {store_name or 'STORE'}` first")
     out = Path(out)
@@ -126,7 +140,7 @@ def write_figures(tree: xr.DataTree, out: str | os.PathLike, store_name: str = "
             continue
         obj = fig.func(tree)
         written[name] = (save_html(obj, out / f"{name}.html", fig.title, fig.caption),
-                         save_png(obj, out / f"{name}.png"))
+                         *(save_image(obj, out / f"{name}.{kind}", dpi) for kind in formats))
     index = out / "index.html"
     index.write_text(_index_page(tree, store_name, written, skipped), encoding="utf-8")
     return Written(index, written, skipped)
@@ -140,12 +154,17 @@ th{text-align:left;padding-right:1em;font-weight:normal;color:#555} td{font-fami
 def _index_page(tree: xr.DataTree, store_name: str, written: dict, skipped: dict) -> str:
     """The index: summary, a section per figure (thumbnail, caption, links), skipped figures, the spec."""
     esc = html.escape
-    sections = "".join(
-        f"<section><h2>{esc(FIGURES[name].title)}</h2><p>{esc(FIGURES[name].caption)}</p>"
-        f"<a href='{page.name}'><img src='{png.name}' alt='{esc(FIGURES[name].title)}'></a>"
-        f"<p><a href='{page.name}'>interactive ({page.name})</a> · <a href='{png.name}'>image ({png.name})</a></p>"
-        "</section>"
-        for name, (page, png) in written.items())
+
+    def section(name: str, page: Path, *images: Path) -> str:
+        # The thumbnail: the PNG, else the SVG (a PDF does not show in a page).
+        shown = next((i for kind in ("png", "svg") for i in images if i.suffix == f".{kind}"), None)
+        thumbnail = (f"<a href='{page.name}'><img src='{shown.name}' alt='{esc(FIGURES[name].title)}'></a>"
+                     if shown else "")
+        links = "".join(f" · <a href='{image.name}'>image ({image.name})</a>" for image in images)
+        return (f"<section><h2>{esc(FIGURES[name].title)}</h2><p>{esc(FIGURES[name].caption)}</p>{thumbnail}"
+                f"<p><a href='{page.name}'>interactive ({page.name})</a>{links}</p></section>")
+
+    sections = "".join(section(name, *files) for name, files in written.items())
     missing = "".join(f"<li>{esc(FIGURES[name].title)}: {esc(reason)}</li>" for name, reason in skipped.items())
     spec_rows = "".join(f"<tr><th>{esc(table)}.{esc(key)}</th><td>{esc(json.dumps(value))}</td></tr>"
                         for table, fields in tree.attrs["spec"].items() for key, value in fields.items())
