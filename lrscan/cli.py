@@ -574,7 +574,7 @@ def import_(source, store, model, patterns, dataset, overrides, ft_epoch_origin,
 
     from lrscan.importer import import_checkpoints
 
-    path = store or DEFAULT_STORE_DIR / f"{Path(source.rstrip('/')).name or 'import'}.zarr"
+    path = store_argument(store, DEFAULT_STORE_DIR / f"{Path(source.rstrip('/')).name or 'import'}.zarr")
     start = last = time.perf_counter()
 
     def show(progress) -> None:  # a line every 10 s: quick imports stay quiet

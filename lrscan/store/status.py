@@ -67,7 +67,7 @@ def analyses_status(tree: xr.DataTree, path: str | os.PathLike | None = None) ->
         return digests[key]
 
     out = {}
-    for name, node in tree["analysis"].children.items():
+    for name, node in sorted(tree["analysis"].children.items()):
         a = node.attrs
         if "lrscan_fingerprint" not in a:
             out[name] = {"status": "incomplete", "why": "its computation was cut short; rerun lrscan analyze"}

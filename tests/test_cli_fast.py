@@ -1,0 +1,232 @@
+"""Issue 16, deliverables 3 and 5: an honest `info`, `--json`, and a fast CLI that loads torch
+only to train or evaluate."""
+
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from click.testing import CliRunner
+
+from lrscan.cli import AnalyzerDisplay, main
+from lrscan.store import beside
+from lrscan.store.claims import _start_time
+from tests.conftest import SMALL, assert_one_line_error
+
+
+def cli(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def analysed(trained_small, tmp_path_factory):
+    """A copy of the small store with its metrics, regimes and barriers analysed by `lrscan analyze --json`."""
+    path = tmp_path_factory.mktemp("analysed") / "a.zarr"
+    shutil.copytree(trained_small, path)
+    result = cli("analyze", path, "--only", "metrics", "--only", "regimes", "--only", "barriers", "--json")
+    assert result.exit_code == 0, result.output
+    return path, result
+
+
+def test_commands_that_do_not_train_never_import_torch(analysed, tmp_path):
+    path, _ = analysed
+    script = textwrap.dedent(f"""
+        import json, sys, time
+        from click.testing import CliRunner
+        from lrscan.cli import main
+        out = {{}}
+        for args in {[["--help"], ["info", str(path)], ["info", str(path), "--json"], ["verify", str(path)],
+                      ["verify", str(path), "--json"], ["presets"], ["info", str(tmp_path / "missing")],
+                      ["verify", ""], ["info", "--help"], ["train", "--help"], ["analyze", "--help"]]!r}:
+            start = time.perf_counter()
+            result = CliRunner().invoke(main, args)
+            out[" ".join(args)] = [result.exit_code, "torch" in sys.modules, time.perf_counter() - start]
+        print(json.dumps(out))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    runs = json.loads(done.stdout.strip().splitlines()[-1])
+    assert {args: loaded for args, (_, loaded, _) in runs.items() if loaded} == {}
+    assert runs[f"info {tmp_path / 'missing'}"][0] == 2 and runs[f"verify {path}"][0] == 0
+
+
+def test_info_lists_analyses_regimes_and_the_best_plr(analysed):
+    path, _ = analysed
+    text = cli("info", path)
+    assert text.exit_code == 0, text.output
+    assert "analyses  barriers (up to date), metrics (up to date), regimes (up to date)" in text.stdout, text.stdout
+    assert "regimes   PLR 0.003: " in text.stdout
+    assert "best      best PLR " in text.stdout and "fine-tuned with a lower LR" in text.stdout
+    result = cli("info", path, "--json")
+    assert result.exit_code == 0 and "status    complete" in result.stderr
+    state = json.loads(result.stdout)
+    assert state["status"] == "complete" and state["in_progress"] == []
+    assert {name: a["status"] for name, a in state["analyses"].items()} == {
+        "barriers": "up to date", "metrics": "up to date", "regimes": "up to date"}
+    assert set(state["regimes"]) == {"0.003", "0.1"}
+    assert state["best"]["ft"]["plr"] in (0.003, 0.1) and 0 <= state["best"]["ft"]["accuracy"] <= 1
+    assert state["stages"]["finetune"] == {"done": 8, "total": 8, "diverged": 0}
+
+
+def test_info_lists_diverged_runs(trained_small, tmp_path):
+    import zarr
+
+    path = tmp_path / "div.zarr"
+    shutil.copytree(trained_small, path)
+    zarr.open_group(str(path), path="pretrain/metrics", mode="r+")["diverged_epoch"][1, 0] = 3.0
+    text = cli("info", path).stdout
+    assert "diverged  plr=0.1, seed=0 (pretrain, epoch 3)" in text
+    state = json.loads(cli("info", path, "--json").stdout)
+    assert state["diverged"] == [{"stage": "pretrain", "plr": 0.1, "seed": 0.0, "epoch": 3.0}]
+
+
+def test_info_while_training_shows_the_batches_in_progress_and_does_not_ask_to_train(trained_small, tmp_path):
+    import zarr
+
+    path = tmp_path / "t.zarr"
+    shutil.copytree(trained_small, path)
+    zarr.open_group(str(path), path="finetune/metrics", mode="r+")["done"][0, 0, 0] = 0
+    trainer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        claims = beside(path, "claims")
+        claims.mkdir()
+        (claims / "finetune-0-0-0x3").write_text(json.dumps(
+            {"host": socket.gethostname(), "pid": trainer.pid, "start": _start_time(trainer.pid)}))
+        result = cli("info", path)
+        assert result.exit_code == 0, result.output
+        assert "status    training: 1 batches in progress now" in result.stdout
+        assert f"training  finetune batch 0-0-0x3: pid {trainer.pid} on " in result.stdout
+        assert "lrscan train" not in result.stdout
+        state = json.loads(cli("info", path, "--json").stdout)
+        assert state["status"] == "training" and state["in_progress"][0]["batch"] == "0-0-0x3"
+    finally:
+        trainer.kill()
+        trainer.wait()
+    assert "status    incomplete: run `lrscan train" in cli("info", path).stdout  # nobody trains it now
+
+
+def test_verify_json_is_one_document_on_stdout(trained_small, tmp_path):
+    result = cli("verify", trained_small, "--json")
+    assert result.exit_code == 0 and "0 problem runs" in result.stderr
+    assert json.loads(result.stdout) == {"store": str(trained_small), "damaged": None, "fixed": False, "problems": []}
+    path = tmp_path / "c.zarr"
+    shutil.copytree(trained_small, path)
+    (path / "pretrain" / "weights" / "weights" / "c" / "0" / "1" / "0" / "0").unlink()
+    broken = cli("verify", path, "--json")
+    assert broken.exit_code == 1
+    doc = json.loads(broken.stdout)
+    assert [(p["stage"], p["kind"], p["coords"]) for p in doc["problems"]] == [
+        ("pretrain", "missing", {"plr": 0.003, "seed": 1.0})]
+    (path / "finetune" / "metrics" / "zarr.json").unlink()
+    damaged = cli("verify", path, "--json")
+    assert damaged.exit_code == 1 and "is damaged" in json.loads(damaged.stdout)["damaged"]
+
+
+def test_analyze_json_and_its_progress(analysed):
+    path, first = analysed
+    doc = json.loads(first.stdout)
+    assert {name: a["status"] for name, a in doc["analyses"].items()} == {
+        "metrics": "computed", "regimes": "computed", "barriers": "computed"}
+    # Not a terminal: plain lines, each analyzer's start and its finish with the time it took.
+    assert "barriers     computing ..." in first.stderr and "barriers     computed in " in first.stderr
+    again = cli("analyze", path, "--only", "barriers", "--json")
+    assert json.loads(again.stdout)["analyses"]["barriers"]["status"] == "up to date"
+    assert "barriers     up to date" in again.stderr
+
+
+def test_analyze_reports_blocks_of_solutions(trained_small, tmp_path):
+    from lrscan.analyze.run import analyze
+
+    path = tmp_path / "b.zarr"
+    shutil.copytree(trained_small, path)
+    seen = []
+    analyze(path, ["barriers"], blocks=lambda name, done, total: seen.append((name, done, total)))
+    assert seen and all(name == "barriers" and 0 < done <= total for name, done, total in seen)
+    assert seen[-1][1] == seen[-1][2]
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_the_analyzer_display_rewrites_one_line_on_a_terminal_and_prints_plain_lines_otherwise():
+    tty = Terminal()
+    shown = AnalyzerDisplay(stream=tty)
+    shown.status("features", "computing", 0.0)
+    shown.blocks("features", 3, 10)
+    shown.status("features", "computed", 2.5)
+    assert tty.getvalue() == ("\r\033[Kfeatures     computing ...\r\033[Kfeatures     3 of 10 solutions"
+                              "\r\033[Kfeatures     computed in 2.5 s\n")
+    plain = io.StringIO()
+    shown = AnalyzerDisplay(every=0.0, stream=plain)
+    shown.status("features", "computing", 0.0)
+    shown.blocks("features", 3, 10)
+    shown.status("features", "up to date", 0.0)
+    assert plain.getvalue().splitlines() == ["features     computing ...", "features     3 of 10 solutions",
+                                             "features     up to date"]
+
+
+TINY = [o for o in SMALL if not o.startswith(("pretrain_epochs", "finetune", "swa", "checkpoint"))] + [
+    "pretrain_epochs=30", "log_every=1"]
+
+
+def test_threshold_json(tmp_path):
+    path = tmp_path / "th.zarr"
+    args = ["threshold", "--store", path, *[a for o in TINY for a in ("--set", o)], "--low", "0.01", "--high", "0.1",
+            "--per-decade", "2"]
+    first = cli(*args, "--json")
+    assert first.exit_code == 0, first.output
+    doc = json.loads(first.stdout)
+    assert doc["store"] == str(path) and doc["status"] in ("resolved", "below", "above", "budget")
+    assert doc["model_steps"] > 0 and len(doc["bracket"]) == 2
+    assert "stored under" in first.stderr or "threshold lies" in first.stderr
+
+
+def test_scan_json(tmp_path):
+    path = tmp_path / "sc.zarr"
+    args = ["scan", "--store", path, "--per-decade", "2", "--flrs", "2",
+            *[a for o in [*SMALL, "plr=[0.01, 0.1]"] for a in ("--set", o)]]
+    first = cli(*args, "--json")
+    assert first.exit_code == 0, first.output
+    doc = json.loads(first.stdout)
+    assert set(doc["estimates"]) >= {"1|2", "2A|2B", "recommended"}
+    assert doc["model_steps"] > 0 and doc["stopped"] in ("resolved", "ambiguous", "budget", "time")
+    assert "convergence threshold" in first.stderr and "convergence threshold" not in first.stdout
+
+
+def test_presets_print_whole_descriptions():
+    from lrscan.spec import preset_names, preset_text
+
+    listing = cli("presets").stdout.splitlines()
+    assert len(listing) == len(preset_names())
+    for name, line in zip(preset_names(), listing):
+        leading = []
+        for text in preset_text(name).splitlines():
+            if not text.startswith("#"):
+                break
+            leading.append(text.lstrip("#").strip())
+        # The whole leading comment, not its first line cut mid-sentence.
+        assert line == f"{name:20s} {' '.join(t for t in leading if t)}"
+
+
+def test_help_names_the_default_store():
+    assert "store/synthetic.zarr" in cli("--help").stdout
+    assert "store/synthetic.zarr" in cli("train", "--help").stdout
+
+
+def test_a_device_that_is_not_there_is_refused_before_any_store(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    for device in ("cuda", "cuda:3", "mps"):
+        result = cli("train", "--store", tmp_path / "s.zarr", *[a for o in SMALL for a in ("--set", o)],
+                     "--set", f"device='{device}'")
+        assert_one_line_error(result, rf"device '{device}' is not on this machine")
+    assert os.listdir(tmp_path) == []
