@@ -77,3 +77,23 @@ def train_store(tmp_path_factory, overrides, preset=None):
     path = tmp_path_factory.mktemp("stores") / "store.zarr"
     train(load_spec(preset, overrides=overrides), path)
     return path
+
+
+def two_run_stage(overrides):
+    """Two runs of a planted-convnet setup (seeds 0 and 1 at ELR 0.01 and 0.05) through a
+    6-step stage logged every 2 steps: the setup, the runs' start, the device data, the stage
+    and ``run_stage``'s other keyword arguments."""
+    import numpy as np
+    import torch
+
+    from lrscan.train.loop import DeviceData
+    from lrscan.train.plan import Stage
+    from lrscan.train.sweep import Setup
+
+    setup = Setup.build(load_spec("planted-convnet", overrides=overrides))
+    start = torch.stack([setup.init_weights(s, 0) for s in (0, 1)])
+    data = setup.data[0]
+    dev = DeviceData(data.x_train[None], data.y_train[None], data.x_test[None], data.y_test[None])
+    stage = Stage("pretrain", 0, 6, np.arange(0, 7, 2), np.array([0, 6]))
+    kwargs = dict(elr=torch.tensor([0.01, 0.05]), seeds=[(0, 0), (1, 0)], batch_size=16, steps_per_epoch=4)
+    return setup, start, dev, stage, kwargs

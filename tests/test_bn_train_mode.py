@@ -15,10 +15,9 @@ from lrscan.analyze.solutions import solution_weights
 from lrscan.errors import LrscanError
 from lrscan.spec import load_spec
 from lrscan.store import create_or_check, read_spec, verify
-from lrscan.train.loop import METRICS, DeviceData, epoch_order, run_stage
-from lrscan.train.plan import Stage
+from lrscan.train.loop import METRICS, epoch_order, run_stage
 from lrscan.train.sweep import Setup, train
-from tests.conftest import SMALL, train_store
+from tests.conftest import SMALL, train_store, two_run_stage
 
 # A narrow SI ConvNet (BatchNorm without affine parameters) on 8x8 planted-frequency images:
 # 8 steps per epoch, a low PLR that learns and a high one that stays chaotic.
@@ -89,13 +88,7 @@ def test_running_train_metrics_are_the_mean_of_the_steps_own_batches(bn_store):
 
 
 def test_a_resumed_bn_stage_gives_the_same_running_metrics():
-    spec = load_spec("planted-convnet", overrides=[*TINY, "data.n_train=64"])
-    setup = Setup.build(spec)
-    start = torch.stack([setup.init_weights(s, 0) for s in (0, 1)])
-    data = setup.data[0]
-    dev = DeviceData(data.x_train[None], data.y_train[None], data.x_test[None], data.y_test[None])
-    stage = Stage("pretrain", 0, 6, np.arange(0, 7, 2), np.array([0, 6]))
-    kwargs = dict(elr=torch.tensor([0.01, 0.05]), seeds=[(0, 0), (1, 0)], batch_size=16, steps_per_epoch=4)
+    setup, start, dev, stage, kwargs = two_run_stage([*TINY, "data.n_train=64"])
     snaps = []
     whole = run_stage(setup.engine(start), dev, stage, snapshot=snaps.append, snapshot_every=0.0, **kwargs)
     middle = next(s for s in snaps if s.step == 4)

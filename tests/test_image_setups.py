@@ -15,11 +15,10 @@ from lrscan.spec import load_spec, resolve
 from lrscan.store import verify
 from lrscan.testing import assert_on_sphere
 from lrscan.train.engine import flat_state, layout
-from lrscan.train.loop import DeviceData, Snapshot, run_stage
-from lrscan.train.plan import Stage
+from lrscan.train.loop import Snapshot, run_stage
 from lrscan.train.sweep import Setup
 from tests.test_images import cifar10_dir  # noqa: F401  (fixture)
-from tests.conftest import train_store
+from tests.conftest import train_store, two_run_stage
 
 # A narrow SI ConvNet on 8x8 planted-frequency images: a whole sweep in seconds. Batches of 8
 # give 64 steps, enough for BatchNorm's running statistics (momentum 0.1) to settle on inputs
@@ -143,13 +142,7 @@ def test_practical_models_step_like_torch_optimisers(model, optimiser):
 
 def test_a_bn_stage_resumed_from_a_snapshot_is_identical():
     # Buffers and the momentum state travel in the snapshot: resuming gives the same weights.
-    spec = load_spec("planted-convnet", overrides=[*TINY, "model='resnet18'", "model.width=4", "data.n_train=64"])
-    setup = Setup.build(spec)
-    start = torch.stack([setup.init_weights(s, 0) for s in (0, 1)])
-    data = setup.data[0]
-    dev = DeviceData(data.x_train[None], data.y_train[None], data.x_test[None], data.y_test[None])
-    stage = Stage("pretrain", 0, 6, np.arange(0, 7, 2), np.array([0, 6]))
-    kwargs = dict(elr=torch.tensor([0.01, 0.05]), seeds=[(0, 0), (1, 0)], batch_size=16, steps_per_epoch=4)
+    setup, start, dev, stage, kwargs = two_run_stage([*TINY, "model='resnet18'", "model.width=4", "data.n_train=64"])
     snaps: list[Snapshot] = []
     whole = run_stage(setup.engine(start), dev, stage, snapshot=snaps.append, snapshot_every=0.0, **kwargs)
     middle = next(s for s in snaps if s.step == 4)
