@@ -113,7 +113,8 @@ def analyze(store, only, workers, scheduler, settings, as_json) -> None:
 
 class AnalyzerDisplay:
     """Each analyzer's start and finish with its time, and its progress through blocks of
-    solutions: one line rewritten in place on a terminal, a plain line every ``every`` s otherwise."""
+    solutions: one line rewritten in place on a terminal; otherwise plain lines, the first block
+    at once and then one every ``every`` s, and the finish."""
 
     def __init__(self, every: float = 10.0, stream=None):
         self.stream = stream or sys.stderr
@@ -122,8 +123,11 @@ class AnalyzerDisplay:
 
     def status(self, name: str, status: str, seconds: float) -> None:
         if status == "computing":
-            self._line(f"{name:12s} computing ...", final=not self.tty)
-            self.last = time.perf_counter()
+            # Plain output says nothing until there is progress to show: an analyzer that
+            # refuses its options at once leaves only the error line.
+            if self.tty:
+                self._line(f"{name:12s} computing ...", final=False)
+            self.last = 0.0
             return
         self.seconds[name] = seconds
         self._line(f"{name:12s} {status}" + (f" in {seconds:.1f} s" if status == "computed" else ""), final=True)

@@ -4,6 +4,7 @@ only to train or evaluate."""
 import io
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -132,8 +133,10 @@ def test_analyze_json_and_its_progress(analysed):
     doc = json.loads(first.stdout)
     assert {name: a["status"] for name, a in doc["analyses"].items()} == {
         "metrics": "computed", "regimes": "computed", "barriers": "computed"}
-    # Not a terminal: plain lines, each analyzer's start and its finish with the time it took.
-    assert "barriers     computing ..." in first.stderr and "barriers     computed in " in first.stderr
+    # Not a terminal: plain lines, an analyzer's progress through its solutions and its finish
+    # with the time it took.
+    assert re.search(r"barriers     \d+ of \d+ solutions", first.stderr), first.stderr
+    assert "barriers     computed in " in first.stderr
     again = cli("analyze", path, "--only", "barriers", "--json")
     assert json.loads(again.stdout)["analyses"]["barriers"]["status"] == "up to date"
     assert "barriers     up to date" in again.stderr
@@ -167,9 +170,11 @@ def test_the_analyzer_display_rewrites_one_line_on_a_terminal_and_prints_plain_l
     shown = AnalyzerDisplay(every=0.0, stream=plain)
     shown.status("features", "computing", 0.0)
     shown.blocks("features", 3, 10)
-    shown.status("features", "up to date", 0.0)
-    assert plain.getvalue().splitlines() == ["features     computing ...", "features     3 of 10 solutions",
-                                             "features     up to date"]
+    shown.status("features", "computed", 1.0)
+    shown.status("angles", "computing", 0.0)
+    shown.status("angles", "up to date", 0.0)
+    assert plain.getvalue().splitlines() == ["features     3 of 10 solutions", "features     computed in 1.0 s",
+                                             "angles       up to date"]
 
 
 TINY = [o for o in SMALL if not o.startswith(("pretrain_epochs", "finetune", "swa", "checkpoint"))] + [
