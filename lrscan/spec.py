@@ -237,13 +237,13 @@ def toml_value(raw: str):
 
 def resolve(tables: Mapping[str, Any]) -> Spec:
     """Check raw TOML tables and fill every default, giving a complete :class:`Spec`."""
-    from lrscan.data import DATASETS
-    from lrscan.models import MODELS
-
     sweep = dict(tables.get("sweep", {}))
     for key in sweep:
         if key not in SWEEP_FIELDS:
             raise LrscanError(f"unknown sweep field {key!r}{closest(key, SWEEP_FIELDS)}")
+    # The registries load torch (models, datasets): only past the checks that need neither.
+    from lrscan.data import DATASETS
+    from lrscan.models import MODELS
     defaults = Spec()
     get = lambda name: sweep.get(name, getattr(defaults, name))  # noqa: E731
 

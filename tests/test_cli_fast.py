@@ -43,7 +43,9 @@ def test_commands_that_do_not_train_never_import_torch(analysed, tmp_path):
         out = {{}}
         for args in {[["--help"], ["info", str(path)], ["info", str(path), "--json"], ["verify", str(path)],
                       ["verify", str(path), "--json"], ["presets"], ["info", str(tmp_path / "missing")],
-                      ["verify", ""], ["info", "--help"], ["train", "--help"], ["analyze", "--help"]]!r}:
+                      ["verify", ""], ["info", "--help"], ["train", "--help"], ["analyze", "--help"],
+                      ["train", "--store", ""], ["train", "--set", "plrr=[0.1]"], ["train", "--preset", "nope"],
+                      ["train", "--config", "/dev/zero"], ["analyze", str(tmp_path / "missing")]]!r}:
             start = time.perf_counter()
             result = CliRunner().invoke(main, args)
             out[" ".join(args)] = [result.exit_code, "torch" in sys.modules, time.perf_counter() - start]
