@@ -282,11 +282,9 @@ def analyze(
                 _BLOCKS.reset(token)
             # The options beside the result, for readers; the fingerprint is what decides.
             used = json.dumps(effective_options(name, options.get(name, {})), sort_keys=True, default=str)
-            # What `lrscan info` compares to tell a stale result without running any analyzer.
-            result.attrs = {**result.attrs, "lrscan_analyzer": name, "lrscan_options": used,
-                            "lrscan_runs": runs_digest(tree, ANALYZERS[name].needs),
-                            "lrscan_needs": list(ANALYZERS[name].needs), "lrscan_version": lrscan.__version__}
+            result.attrs = {**result.attrs, "lrscan_analyzer": name, "lrscan_options": used}
             persist(store, name, result, key)
+            record_inputs(store, name, runs_digest(tree, ANALYZERS[name].needs), ANALYZERS[name].needs)
             tree = open_store(store)  # later analyzers may read this result
             status[name] = "computed"
         if progress is not None:
@@ -294,6 +292,19 @@ def analyze(
     if "metrics" in status:
         record_best(store)
     return status
+
+
+def record_inputs(store: str | os.PathLike, name: str, runs: str, needs: Iterable[str]) -> None:
+    """Record beside the results what ``name`` was computed from — the digest of the runs it
+    read, their stages, the lrscan version — in the ``/analysis`` group's ``lrscan_inputs``
+    attribute, which ``lrscan info`` compares to tell a stale result without loading any analyzer."""
+    try:
+        group = zarr.open_group(str(store), path="analysis", mode="r+")
+        inputs = dict(group.attrs.get("lrscan_inputs", {}))
+        inputs[name] = {"runs": runs, "needs": list(needs), "version": lrscan.__version__}
+        group.attrs["lrscan_inputs"] = inputs
+    except OSError as err:
+        raise LrscanError(f"could not write to the store at {store}: {err.strerror or err}") from None
 
 
 def record_best(store: str | os.PathLike) -> None:

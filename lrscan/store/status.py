@@ -66,9 +66,10 @@ def analyses_status(tree: xr.DataTree, path: str | os.PathLike | None = None) ->
             digests[key] = runs_digest(tree if path is None else path, key)
         return digests[key]
 
+    inputs = tree["analysis"].attrs.get("lrscan_inputs", {})
     out = {}
     for name, node in sorted(tree["analysis"].children.items()):
-        a = node.attrs
+        a = {**node.attrs, **{f"lrscan_{k}": v for k, v in inputs.get(name, {}).items()}}
         if "lrscan_fingerprint" not in a:
             out[name] = {"status": "incomplete", "why": "its computation was cut short; rerun lrscan analyze"}
         elif "lrscan_runs" not in a:
