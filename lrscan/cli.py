@@ -12,8 +12,8 @@ from pathlib import Path
 import click
 import numpy as np
 
-from lrscan.cliutil import (DEFAULT_STORE_DIR, UserError, cluster_options, default_store, emit_json, json_option,
-                            spec_options, store_argument, user_errors)
+from lrscan.cliutil import (DEFAULT_STORE_DIR, AnalyzerDisplay, ProgressDisplay, UserError, cluster_options,
+                            default_store, emit_json, json_option, spec_options, store_argument, user_errors)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -46,7 +46,8 @@ def train(preset, config, store, overrides, sequential, workers, scheduler) -> N
         raise UserError("give either --workers or --scheduler, not both")
     path = store_path(store_argument(store, default_store(preset, config)))
     spec = load_spec(preset, config, overrides)
-    from lrscan.train.sweep import Sweep, human_bytes
+    from lrscan.train.estimate import human_bytes
+    from lrscan.train.sweep import Sweep
 
     # torch.compile on a CPU-only machine warns that it found no CUDA runtime: noise here.
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
@@ -109,41 +110,6 @@ def analyze(store, only, workers, scheduler, settings, as_json) -> None:
     if as_json:
         emit_json({"store": str(path), "analyses": {name: {"status": s, "seconds": round(display.seconds.get(name, 0), 2)}
                                                     for name, s in status.items()}, "seconds": round(seconds, 2)})
-
-
-class AnalyzerDisplay:
-    """Each analyzer's start and finish with its time, and its progress through blocks of
-    solutions: one line rewritten in place on a terminal; otherwise plain lines, the first block
-    at once and then one every ``every`` s, and the finish."""
-
-    def __init__(self, every: float = 10.0, stream=None):
-        self.stream = stream or sys.stderr
-        self.every, self.last, self.seconds = every, 0.0, {}
-        self.tty = self.stream.isatty()
-
-    def status(self, name: str, status: str, seconds: float) -> None:
-        if status == "computing":
-            # Plain output says nothing until there is progress to show: an analyzer that
-            # refuses its options at once leaves only the error line.
-            if self.tty:
-                self._line(f"{name:12s} computing ...", final=False)
-            self.last = 0.0
-            return
-        self.seconds[name] = seconds
-        self._line(f"{name:12s} {status}" + (f" in {seconds:.1f} s" if status == "computed" else ""), final=True)
-
-    def blocks(self, name: str, done: int, total: int) -> None:
-        now = time.perf_counter()
-        if self.tty or now - self.last >= self.every:
-            self.last = now
-            self._line(f"{name:12s} {done:,} of {total:,} solutions", final=not self.tty)
-
-    def _line(self, text: str, *, final: bool) -> None:
-        if self.tty:
-            self.stream.write("\r\033[K" + text + ("\n" if final else ""))
-            self.stream.flush()
-        else:
-            print(text, file=self.stream, flush=True)
 
 
 @main.command()
@@ -286,43 +252,6 @@ def preset_description(text: str) -> str:
             break
         lines.append(line.lstrip("#").strip())
     return " ".join(line for line in lines if line)
-
-
-class ProgressDisplay:
-    """A live bar on a terminal, a plain line every ``every`` seconds otherwise."""
-
-    def __init__(self, every: float = 10.0, stream=None):
-        self.stream = stream or sys.stderr
-        self.every = every
-        self.bar = None
-        self.last = 0.0
-        self.start = time.perf_counter()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.close()
-
-    def update(self, progress) -> None:
-        if self.stream.isatty():
-            from tqdm import tqdm
-
-            if self.bar is None:
-                self.bar = tqdm(total=progress.total, unit=" model-steps", unit_scale=True, file=self.stream,
-                                dynamic_ncols=True)
-            self.bar.set_description(progress.phase)
-            self.bar.update(progress.done - self.bar.n)
-            return
-        now = time.perf_counter()
-        if now - self.last >= self.every or progress.done >= progress.total:
-            self.last = now
-            elapsed = now - self.start
-            share = progress.done / progress.total if progress.total else 1.0
-            eta = f", about {elapsed / share - elapsed:.0f} s left" if 0 < share < 1 else ""
-            print(f"{progress.phase}: {100 * share:5.1f}% of {progress.total:,} model-steps, "
-                  f"{elapsed:.0f} s{eta}", file=self.stream, flush=True)
 
 
 def _number(option: str, text: str | None) -> float | None:

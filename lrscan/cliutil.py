@@ -1,4 +1,5 @@
-"""What every ``lrscan`` command shares: one-line user errors and the default store path.
+"""What every ``lrscan`` command shares: one-line user errors, the default store path, ``--json``,
+and the progress displays.
 
 Kept apart from :mod:`lrscan.cli` so that command modules elsewhere (``lrscan.plot.commands``)
 can use it without importing the command group they are added to.
@@ -8,6 +9,8 @@ from __future__ import annotations
 
 import errno
 import functools
+import sys
+import time
 from pathlib import Path
 
 import click
@@ -122,3 +125,75 @@ def _stacked(options):
             func = option(func)
         return func
     return decorate
+
+
+class ProgressDisplay:
+    """A live bar on a terminal, a plain line every ``every`` seconds otherwise."""
+
+    def __init__(self, every: float = 10.0, stream=None):
+        self.stream = stream or sys.stderr
+        self.every = every
+        self.bar = None
+        self.last = 0.0
+        self.start = time.perf_counter()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.close()
+
+    def update(self, progress) -> None:
+        if self.stream.isatty():
+            from tqdm import tqdm
+
+            if self.bar is None:
+                self.bar = tqdm(total=progress.total, unit=" model-steps", unit_scale=True, file=self.stream,
+                                dynamic_ncols=True)
+            self.bar.set_description(progress.phase)
+            self.bar.update(progress.done - self.bar.n)
+            return
+        now = time.perf_counter()
+        if now - self.last >= self.every or progress.done >= progress.total:
+            self.last = now
+            elapsed = now - self.start
+            share = progress.done / progress.total if progress.total else 1.0
+            eta = f", about {elapsed / share - elapsed:.0f} s left" if 0 < share < 1 else ""
+            print(f"{progress.phase}: {100 * share:5.1f}% of {progress.total:,} model-steps, "
+                  f"{elapsed:.0f} s{eta}", file=self.stream, flush=True)
+
+
+class AnalyzerDisplay:
+    """Each analyzer's start and finish with its time, and its progress through blocks of
+    solutions: one line rewritten in place on a terminal; otherwise plain lines, the first block
+    at once and then one every ``every`` s, and the finish."""
+
+    def __init__(self, every: float = 10.0, stream=None):
+        self.stream = stream or sys.stderr
+        self.every, self.last, self.seconds = every, 0.0, {}
+        self.tty = self.stream.isatty()
+
+    def status(self, name: str, status: str, seconds: float) -> None:
+        if status == "computing":
+            # Plain output says nothing until there is progress to show: an analyzer that
+            # refuses its options at once leaves only the error line.
+            if self.tty:
+                self._line(f"{name:12s} computing ...", final=False)
+            self.last = 0.0
+            return
+        self.seconds[name] = seconds
+        self._line(f"{name:12s} {status}" + (f" in {seconds:.1f} s" if status == "computed" else ""), final=True)
+
+    def blocks(self, name: str, done: int, total: int) -> None:
+        now = time.perf_counter()
+        if self.tty or now - self.last >= self.every:
+            self.last = now
+            self._line(f"{name:12s} {done:,} of {total:,} solutions", final=not self.tty)
+
+    def _line(self, text: str, *, final: bool) -> None:
+        if self.tty:
+            self.stream.write("\r\033[K" + text + ("\n" if final else ""))
+            self.stream.flush()
+        else:
+            print(text, file=self.stream, flush=True)

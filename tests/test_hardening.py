@@ -278,9 +278,9 @@ def test_a_huge_grid_is_refused(tmp_path):
 
 
 def test_a_store_larger_than_the_free_disk_is_refused(tmp_path, monkeypatch):
-    import lrscan.train.sweep as sweep_module
+    import lrscan.train.estimate as estimate_module
 
-    monkeypatch.setattr(sweep_module.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**6, 10**6, 1000))
+    monkeypatch.setattr(estimate_module.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**6, 10**6, 1000))
     result = cli("train", "--store", tmp_path / "full.zarr", *sets(SMALL))
     assert_one_line_error(result, r"this sweep cannot fit: 16 runs, about [\d.]+ [kM]B of store, [\d,]+ model-steps, "
                                   r"but .* has 1 kB free")

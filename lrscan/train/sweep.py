@@ -12,10 +12,8 @@ import hashlib
 import itertools
 import json
 import os
-import shutil
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -29,6 +27,7 @@ from lrscan.models import MODELS
 from lrscan.spec import Spec
 from lrscan.store import (Claim, RunData, RunEnd, StoreCheckpoints, StoreWriter, _root_attrs, beside,
                           create_or_check, is_local, store_path, weight_chunk_rows)
+from lrscan.train.estimate import estimate
 from lrscan.train.engine import Engine, flat_state, layout, project, swa_average, to_numpy
 from lrscan.train.loop import EVAL_CHUNK, DeviceData, Snapshot, run_stage, seed_key
 from lrscan.train.plan import Plan
@@ -125,70 +124,6 @@ def resolve_device(name: str) -> torch.device:
     elif device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise LrscanError(f"device {name!r} is not on this machine (no MPS); use --set device=cpu or auto")
     return device
-
-
-# More model-steps than this (three years at a microsecond each) are refused as a mistake.
-MAX_MODEL_STEPS = 10**14
-
-
-@dataclass(frozen=True)
-class Estimate:
-    """What a sweep will take, worked out before anything is allocated."""
-
-    runs: int  # runs of every stage
-    store_bytes: int  # the store once every run is written (weights and metric rows)
-    model_steps: int  # training steps of all runs
-
-    def describe(self) -> str:
-        return (f"{self.runs:,} runs, about {human_bytes(self.store_bytes)} of store, "
-                f"{self.model_steps:,} model-steps")
-
-    def check(self, store: str | os.PathLike) -> None:
-        """Refuse a sweep of more model-steps than any machine trains, or a new local store that
-        cannot fit on its disk."""
-        if self.model_steps > MAX_MODEL_STEPS:
-            raise LrscanError(f"this sweep cannot be trained: {self.describe()}; at a microsecond per model-step "
-                              f"that is {self.model_steps / 1e6 / 3.15e7:,.3g} years")
-        if not is_local(store):
-            return
-        place = Path(os.path.abspath(store))
-        if place.exists():
-            return  # made already: what it needs is allocated
-        while not place.exists():
-            place = place.parent
-        free = shutil.disk_usage(place).free
-        if self.store_bytes > free:
-            raise LrscanError(f"this sweep cannot fit: {self.describe()}, but {place} has {human_bytes(free)} free; "
-                              "use fewer runs, checkpoints or parameters, or another --store")
-
-
-def human_bytes(n: float) -> str:
-    """A byte count as it reads: 3 significant digits and a decimal unit."""
-    for unit in ("B", "kB", "MB", "GB", "TB", "PB"):
-        if n < 1000 or unit == "PB":
-            return f"{n:.3g} {unit}"
-        n /= 1000
-    return f"{n:.3g} PB"
-
-
-def estimate(plan: Plan, n_params: int) -> Estimate:
-    """The runs, store size and model-steps of a planned sweep with ``n_params`` parameters per run."""
-    spec = plan.spec
-    n_seeds = len(plan.runs)
-    stages = {"pretrain": (len(spec.plr) * n_seeds, plan.pretrain)}
-    if plan.finetune.n_steps:
-        stages["finetune"] = (len(spec.plr) * len(spec.flr) * n_seeds, plan.finetune)
-    n_metrics = 8
-    runs = steps = size = 0
-    for n_runs, stage in stages.values():
-        runs += n_runs
-        steps += n_runs * stage.n_steps
-        size += n_runs * (stage.checkpoint_steps.size * n_params + stage.log_steps.size * n_metrics) * 4
-    if plan.swa_steps:
-        n_runs = len(spec.plr) * n_seeds
-        runs += n_runs
-        size += n_runs * len(plan.swa_steps) * (n_params + n_metrics) * 4
-    return Estimate(runs, size, steps)
 
 
 STAGES = ("pretrain", "swa", "finetune")
