@@ -108,3 +108,74 @@ def test_explorer_renders_and_a_widget_updates_its_plots(driver, store):
         assert console_errors(driver) == []
     finally:
         server.stop()
+
+
+# JavaScript: [type, left, right] of every widget's element (Bokeh's views; their DOM is in shadow roots).
+WIDGET_BOXES = """
+const out = [], seen = new Set();
+function walk(view) {
+  if (!view || seen.has(view)) return;
+  seen.add(view);
+  if (/Select|Slider/.test(view.model.type) && view.el) {
+    const r = view.el.getBoundingClientRect();
+    if (r.width > 0) out.push([view.model.type, r.left, r.right]);
+  }
+  for (const child of (view.child_views || [])) walk(child);
+}
+for (const view of Object.values(Bokeh.index)) walk(view);
+return out;
+"""
+
+# JavaScript: [start, end] of the y range of the plot whose title starts with arguments[0].
+Y_RANGE = ("const p = [...Bokeh.documents[0].all_models].find(m => m.title && m.title.text"
+           " && m.title.text.startsWith(arguments[0]) && m.y_range); return p ? [p.y_range.start, p.y_range.end] : null")
+
+
+def test_the_explorer_keeps_its_selection_in_the_url_fits_1280_px_and_rescales(driver, store):
+    port = free_port()
+    server = serve(lrscan.open(store), port, block=False)
+    try:
+        # Opening a URL gives its view.
+        driver.get(f"http://localhost:{port}/?plr=0.1&seed=1&epoch=2")
+        wait_for(lambda: "Run PLR 0.1, seed 1: accuracy" in driver.execute_script(TITLES), timeout=60)
+        assert "Test accuracy vs PLR at epoch 2 (PT)" in driver.execute_script(TITLES)
+        assert console_errors(driver) == []
+        page = driver.execute_script("return [document.documentElement.scrollWidth, window.innerWidth]")
+        assert page[0] <= page[1] == 1280, f"the explorer overflows the window: {page}"
+        # Every widget lies inside the window, none clipped.
+        boxes = driver.execute_script(WIDGET_BOXES)
+        assert len(boxes) >= 3 and all(0 <= left and right <= 1280 for _, left, right in boxes), boxes
+        text = driver.find_element("tag name", "body").text
+        assert "regime" in text and "angle" in text and "rad" in text
+        # A new selection goes into the URL.
+        driver.execute_script(
+            "const doc = Bokeh.documents[0];"
+            "const seed = [...doc.all_models].find(m => m.title === 'seed' && m.options !== undefined);"
+            "seed.value = '0';")
+        wait_for(lambda: "Run PLR 0.1, seed 0: accuracy" in driver.execute_script(TITLES), timeout=30)
+        wait_for(lambda: "seed=0" in driver.execute_script("return window.location.search"), timeout=10)
+        search = driver.execute_script("return window.location.search")
+        assert "plr=0.1" in search and "epoch=2" in search
+        assert console_errors(driver) == []
+    finally:
+        server.stop()
+
+
+@pytest.mark.xfail(strict=True, reason="the views' frames are framewise, yet the served Range1d keeps the first "
+                   "frame's range in the browser: not solved yet (issue 16.2)")
+def test_the_explorer_s_axes_follow_the_selection(driver, store):
+    port = free_port()
+    server = serve(lrscan.open(store), port, block=False)
+    try:
+        driver.get(f"http://localhost:{port}/?plr=0.1&seed=1&epoch=2")
+        wait_for(lambda: "Run PLR 0.1, seed 1: accuracy" in driver.execute_script(TITLES), timeout=60)
+        before = driver.execute_script(Y_RANGE, "Run PLR")
+        driver.execute_script(
+            "const doc = Bokeh.documents[0];"
+            "const seed = [...doc.all_models].find(m => m.title === 'seed' && m.options !== undefined);"
+            "seed.value = '0';")
+        wait_for(lambda: "Run PLR 0.1, seed 0: accuracy" in driver.execute_script(TITLES), timeout=30)
+        # The run's curves (another seed's data): their axes take the new data's range.
+        wait_for(lambda: driver.execute_script(Y_RANGE, "Run PLR") != before, timeout=15)
+    finally:
+        server.stop()

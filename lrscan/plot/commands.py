@@ -63,8 +63,11 @@ def plot(store, out, formats, dpi) -> None:
 @click.argument("store", required=False)
 @click.option("--port", default=DEFAULT_PORT, show_default=True, type=click.IntRange(1, 65535),
               help="Port on localhost to serve on.")
+@click.option("--allow-origin", "allow_origin", multiple=True, metavar="HOST[:PORT]",
+              help="Also accept the explorer's websocket from pages of this origin (repeatable); by default only "
+                   "localhost's, so that no other site's page can reach it.")
 @user_errors
-def explore(store, port) -> None:
+def explore(store, port, allow_origin) -> None:
     """Serve an interactive explorer of a store on http://localhost:PORT; Ctrl-C stops it.
 
     Widgets pick PLR, FLR, seed and epoch; the views follow: accuracy against PLR, the chosen
@@ -79,7 +82,7 @@ def explore(store, port) -> None:
     check_port(port)
     click.echo(f"serving {path} at http://localhost:{port} (Ctrl-C to stop)", err=True)
     try:
-        serve(tree, port)
+        serve(tree, port, allow_origin=allow_origin)
     except KeyboardInterrupt:  # a second Ctrl-C while stopping
         raise UserError("interrupted") from None
     click.echo("stopped", err=True)

@@ -24,8 +24,8 @@ from lrscan.plot import DEFAULT_PORT
 from lrscan.plot.numbers import fmt
 from lrscan.plot.registry import stored_analyses
 from lrscan.plot.styles import (
-    ALPHA, BAND_ACC, EPOCH, FEATURE_ACC, PLR, TEST_ACC, colors, curve, framed, pair_name, percent, solution_name,
-    study_solutions, style, vs_plr,
+    ALPHA, BAND_ACC, EPOCH, FEATURE_ACC, PANEL_WIDTH, PLR, TEST_ACC, colors, curve, framed, hover_options, pair_name,
+    percent, solution_name, study_solutions, style, vs_plr,
 )
 
 LOSS = hv.Dimension("loss", label="loss (cross-entropy)", unit="nats")
@@ -130,6 +130,22 @@ class Views:
         return framed(hv.Overlay(lines), title=f"Error between solutions (test solid, train dashed), "
                                                f"PLR {fmt(plr)}, seed {seed}", ylabel=ERROR.pprint_label)
 
+    def numbers(self, plr: float, seed: int) -> str:
+        """The run's regime, and each pair's angle and barriers, as Markdown: the numbers behind the views."""
+        lines = [f"**Run** PLR {fmt(plr)}, seed {seed}"]
+        regimes = _analysis(self.tree, "regimes")
+        if regimes is not None:
+            lines.append(f"**regime** {regimes.regime.sel(plr=plr, seed=seed).values.item()}")
+        angles, barriers = _analysis(self.tree, "angles"), _analysis(self.tree, "barriers")
+        if angles is not None and barriers is not None:
+            angle = angles.angle.sel(plr=plr, seed=seed).load()
+            barrier = barriers[["train_barrier", "test_barrier"]].sel(plr=plr, seed=seed).load()
+            lines += [f"**{pair_name(pair)}**: angle {fmt(float(angle.sel(pair=pair)))} rad, "
+                      f"test barrier {fmt(float(barrier.test_barrier.sel(pair=pair)))}%, "
+                      f"train barrier {fmt(float(barrier.train_barrier.sel(pair=pair)))}%"
+                      for pair in map(str, angle.pair.values) if pair in set(map(str, barrier.pair.values))]
+        return "  \n".join(lines)
+
     def bars(self, plr: float, flr: float | None, seed: int, analysis: str) -> hv.Bars:
         """The run's PT, SWA and FT (``flr``) accuracies per category of ``analysis`` (see ``BARS``)."""
         variable, category, dim, title = BARS[analysis]
@@ -138,11 +154,46 @@ class Views:
         wanted += [label("ft", flr)] if flr is not None else []
         stored = set(map(str, result.solution.values))
         acc = result[variable].sel(plr=plr, seed=seed, solution=[s for s in wanted if s in stored]).load()
-        rows = [(c, solution_name(s), 100 * float(acc.sel(solution=s, **{category: c})))
+        rows = [(str(c), solution_name(s), 100 * float(acc.sel(solution=s, **{category: c})))
                 for c in acc[category].values for s in map(str, acc.solution.values)]
+        names = list(dict.fromkeys(name for _, name, _ in rows))
+        palette = dict(zip(names, colors(len(names), "plasma")))
         bars = hv.Bars(rows, [category, "solution"], dim)
-        return style(bars, {"title": f"{title}, PLR {fmt(plr)}, seed {seed}", "ylim": (0, 100)},
-                     {"width": 1120, "height": 320, "tools": ["hover"]})
+        # One label per category on the axis, the solutions told apart by colour in a legend: nested
+        # "category, solution" labels overlap as soon as there are more than a few categories.
+        return style(bars, {"title": f"{title}, PLR {fmt(plr)}, seed {seed}", "ylim": (0, 100),
+                            "color": hv.dim("solution").categorize(palette), "show_legend": True},
+                     {"width": 2 * PANEL_WIDTH, "height": 320, "multi_level": False, "legend_position": "right",
+                      **hover_options(bars)}, {})
+
+
+def live(view, **widgets) -> hv.DynamicMap:
+    """A view that follows ``widgets``, each frame with axes of its own data's range.
+
+    A DynamicMap keeps the ranges of its first frame unless its elements are *framewise*,
+    so that curves would run off the axes when the selection changes.
+    """
+    def frame(**values):
+        framewise = {"framewise": True, "axiswise": True, "backend": "bokeh"}
+        return view(**values).map(lambda e: e.opts(**framewise), [hv.Element]).opts(**framewise)
+
+    return hv.DynamicMap(pn.bind(frame, **widgets))
+
+
+def progress(tree: xr.DataTree) -> str | None:
+    """What the explorer says of a store whose training is not finished, or None when it is."""
+    done = tree["pretrain/metrics"]["done"].values.astype(bool) if "done" in tree["pretrain/metrics"] else None
+    if done is None or done.all():
+        return None
+    if not done.any():
+        return ("No run of this store has finished pre-training yet, so there is nothing to show: "
+                "`lrscan train` fills the store, and the views appear as its runs finish (reload the page).")
+    return (f"{int(done.sum())} of {done.size} pre-training runs have finished: the others show as gaps "
+            "until `lrscan train` completes them (reload the page to see more).")
+
+
+# The widgets the page's URL keeps (?plr=...&flr=...&seed=...&epoch=...), so that a view can be shared.
+IN_URL = ("plr", "flr", "seed", "epoch")
 
 
 def make_app(tree: xr.DataTree) -> pn.viewable.Viewable:
@@ -156,35 +207,63 @@ def make_app(tree: xr.DataTree) -> pn.viewable.Viewable:
     Returns
     -------
     pn.viewable.Viewable
-        Widgets ``PLR``, ``FLR`` (with fine-tuning data), ``seed``, ``epoch``, and the linked views.
+        Widgets ``PLR``, ``FLR`` (with fine-tuning data), ``seed``, ``epoch``, the run's numbers
+        (regime, angles, barriers) and the linked views, whose axes follow the selection; a
+        message instead of the views for a store with no finished run, and above them for a
+        store still training. Served, the widgets' values are kept in the page's URL.
     """
-    views = Views(tree)
-    pt, ft = views.pt, views.ft
-    plr = pn.widgets.DiscreteSlider(label="PLR", options={f"{fmt(p)}": float(p) for p in pt.plr.values})
-    flr = pn.widgets.Select(label="FLR", options={f"{fmt(f)}": float(f) for f in ft.flr.values}) if ft else None
-    seed = pn.widgets.Select(label="seed", options=[int(s) for s in pt.seed.values])
-    epochs = np.union1d(pt.epoch.values, ft.epoch.values if ft else [])
-    epoch = pn.widgets.DiscreteSlider(label="epoch", options={f"{fmt(e)}": float(e) for e in epochs},
-                                      value=float(epochs[-1]))
-    widgets = [w for w in (plr, flr, seed, epoch) if w is not None]
-    run = {"plr": plr, "flr": flr, "seed": seed}
-    panels = [hv.DynamicMap(pn.bind(views.overview, **run, epoch=epoch)),
-              hv.DynamicMap(pn.bind(views.curves, **run, epoch=epoch, kind="acc")),
-              hv.DynamicMap(pn.bind(views.curves, **run, epoch=epoch, kind="loss"))]
-    if _analysis(tree, "barriers") is not None:
-        panels.append(hv.DynamicMap(pn.bind(views.paths, plr=plr, seed=seed)))
-    panels += [hv.DynamicMap(pn.bind(views.bars, **run, analysis=analysis))
-               for analysis in BARS if _analysis(tree, analysis) is not None]
-    # Bokeh whatever backend HoloViews has current: the views are interactive plots, not images.
-    shown = [pn.pane.HoloViews(panel, backend="bokeh") for panel in panels]
-    rows = [pn.Row(*shown[i:i + 2]) for i in range(0, len(shown), 2)]
     spec = tree.attrs["spec"]["sweep"]
     header = pn.pane.Markdown(f"## lrscan explore: {spec['model']} on {spec['dataset']}\n"
-                              "Pick a run with the widgets: every view follows them.")
-    return pn.Column(header, pn.Row(pn.Column(*widgets, width=260), pn.Column(*rows)))
+                              "Pick a run with the widgets: every view follows them.", sizing_mode="stretch_width")
+    # Drawn when the page is (lazy): opening the app reads coordinates only, not even how far training got.
+    body = pn.param.ParamFunction(pn.bind(_body, tree), lazy=True, sizing_mode="stretch_width")
+    return pn.Column(header, body, sizing_mode="stretch_width")
 
 
-def serve(tree: xr.DataTree, port: int = DEFAULT_PORT, *, block: bool = True):
+def _body(tree: xr.DataTree) -> pn.viewable.Viewable:
+    """The explorer's widgets and views (see :func:`make_app`), or only a message when nothing has trained."""
+    message = progress(tree)
+    if message and not tree["pretrain/metrics"]["done"].values.any():
+        return pn.pane.Alert(message, alert_type="warning", sizing_mode="stretch_width")
+    views = Views(tree)
+    pt, ft = views.pt, views.ft
+    plr = pn.widgets.DiscreteSlider(label="PLR", options={fmt(p): float(p) for p in pt.plr.values}, width=260)
+    flr = pn.widgets.Select(label="FLR", options={fmt(f): float(f) for f in ft.flr.values}, width=160) if ft else None
+    seed = pn.widgets.Select(label="seed", options=[int(s) for s in pt.seed.values], width=120)
+    epochs = np.union1d(pt.epoch.values, ft.epoch.values if ft else [])
+    epoch = pn.widgets.DiscreteSlider(label="epoch", options={fmt(e): float(e) for e in epochs},
+                                      value=float(epochs[-1]), width=360)
+    chosen = {"plr": plr, "flr": flr, "seed": seed, "epoch": epoch}
+    if pn.state.location is not None:  # served: the URL keeps the selection, and opening one restores it
+        for name, widget in chosen.items():
+            if widget is not None:
+                pn.state.location.sync(widget, {"value": name})
+    run = {"plr": plr, "flr": flr, "seed": seed}
+    panels = [live(views.overview, **run, epoch=epoch), live(views.curves, **run, epoch=epoch, kind="acc"),
+              live(views.curves, **run, epoch=epoch, kind="loss")]
+    if _analysis(tree, "barriers") is not None:
+        panels.append(live(views.paths, plr=plr, seed=seed))
+    panels += [live(views.bars, **run, analysis=analysis) for analysis in BARS if _analysis(tree, analysis) is not None]
+    # Bokeh whatever backend HoloViews has current: the views are interactive plots, not images.
+    # linked_axes off: Panel links the ranges of panes that share a dimension, which would freeze them together.
+    shown = [pn.pane.HoloViews(panel, backend="bokeh", linked_axes=False) for panel in panels]
+    numbers = pn.pane.Markdown(pn.bind(views.numbers, plr=plr, seed=seed), sizing_mode="stretch_width")
+    widgets = pn.FlexBox(*[w for w in chosen.values() if w is not None])
+    top = [*([pn.pane.Alert(message, alert_type="warning")] if message else []), widgets, numbers]
+    # FlexBox: the views wrap to the window's width (two a row at 1280 px) instead of running off it.
+    return pn.Column(*top, pn.FlexBox(*shown), sizing_mode="stretch_width")
+
+
+def allowed_origins(port: int, extra: tuple[str, ...] = ()) -> list[str]:
+    """The ``host:port`` origins whose pages may open the explorer's websocket: localhost's, and ``extra``.
+
+    Any other origin is refused, so that a page of another site cannot reach the explorer
+    through a DNS name it points at 127.0.0.1 (DNS rebinding).
+    """
+    return list(dict.fromkeys([f"localhost:{port}", f"127.0.0.1:{port}", *extra]))
+
+
+def serve(tree: xr.DataTree, port: int = DEFAULT_PORT, *, block: bool = True, allow_origin: tuple[str, ...] = ()):
     """Serve the explorer of ``tree`` on http://localhost:``port``.
 
     Parameters
@@ -196,6 +275,9 @@ def serve(tree: xr.DataTree, port: int = DEFAULT_PORT, *, block: bool = True):
     block
         Serve until interrupted (Ctrl-C stops the server cleanly and returns), or start a
         server thread and return it (stop it with ``.stop()``).
+    allow_origin
+        ``host[:port]`` origins allowed besides localhost's (:func:`allowed_origins`), e.g.
+        the name of a machine that forwards the port.
 
     Raises
     ------
@@ -207,7 +289,8 @@ def serve(tree: xr.DataTree, port: int = DEFAULT_PORT, *, block: bool = True):
     handler = signal.getsignal(signal.SIGINT)
     try:
         server = pn.serve({"/": lambda: make_app(tree)}, port=port, address="localhost", show=False,
-                          verbose=False, title="lrscan explore", threaded=not block, start=True)
+                          verbose=False, title="lrscan explore", threaded=not block, start=True,
+                          websocket_origin=allowed_origins(port, allow_origin))
     except OSError as err:  # taken between the check and the bind
         raise LrscanError(f"port {port} is not free ({err.strerror}); pick another with --port") from None
     finally:
