@@ -483,3 +483,27 @@ def test_an_unreachable_scheduler_creates_no_store(tmp_path):
         result = cli("train", "--store", path, "--scheduler", f"tcp://127.0.0.1:{port}", *sets(SMALL))
     assert_one_line_error(result, r"cannot reach the dask scheduler")
     assert list(tmp_path.iterdir()) == []
+
+
+# The guarantee kept: SIGKILLs at any moment, then the same command, give the same store.
+
+def test_sigkills_during_train_resume_bit_identically(reference, tmp_path):
+    import random
+
+    path = tmp_path / "killed.zarr"
+    command = [sys.executable, "-m", "lrscan", "train", "--store", str(path), *sets(SPLIT)]
+    rng = random.Random(18)
+    kills = 0
+    for _ in range(4):
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(2.0, 8.0))  # start-up, creation, or training
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+    assert kills >= 1
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert_stores_identical(reference, path)
+    assert verify(path) == []
+    assert not list(tmp_path.glob(".killed.zarr.creating-*"))
