@@ -195,7 +195,7 @@ class Sweep:
         notice
             Called with one line when something the user should know happens: a batch held
             by another process is waited for (at most until its claim has had no heartbeat
-            for :data:`lrscan.store.CLAIM_TTL` seconds), a stale claim or a foreign snapshot
+            for :data:`lrscan.store.claims.CLAIM_TTL` seconds), a stale claim or a foreign snapshot
             is set aside.
         """
         self.notice = notice
