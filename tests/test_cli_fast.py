@@ -237,3 +237,17 @@ def test_a_device_that_is_not_there_is_refused_before_any_store(tmp_path):
                      "--set", f"device='{device}'")
         assert_one_line_error(result, rf"device '{device}' is not on this machine")
     assert os.listdir(tmp_path) == []
+
+
+def test_a_result_whose_inputs_were_not_recorded_gets_them_on_the_next_analyze(trained_small, tmp_path):
+    """As after a kill between a result's fingerprint and the record of its inputs."""
+    import zarr
+
+    path = tmp_path / "k.zarr"
+    shutil.copytree(trained_small, path)
+    assert cli("analyze", path, "--only", "angles").exit_code == 0
+    zarr.open_group(str(path), path="analysis", mode="r+").attrs["lrscan_inputs"] = {}
+    assert json.loads(cli("info", path, "--json").stdout)["analyses"]["angles"]["status"] == "unknown"
+    again = cli("analyze", path, "--only", "angles")
+    assert "angles       up to date" in again.stderr
+    assert json.loads(cli("info", path, "--json").stdout)["analyses"]["angles"]["status"] == "up to date"

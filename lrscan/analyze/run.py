@@ -272,6 +272,8 @@ def analyze(
         stored = tree["analysis"].children if "analysis" in tree.children else {}
         if name in stored and stored[name].attrs.get("lrscan_fingerprint") == key:
             status[name] = "up to date"
+            if name not in tree["analysis"].attrs.get("lrscan_inputs", {}):  # killed before it was recorded
+                record_inputs(store, name, runs_digest(tree, ANALYZERS[name].needs), ANALYZERS[name].needs)
         else:
             if progress is not None:
                 progress(name, "computing", 0.0)
