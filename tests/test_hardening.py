@@ -501,6 +501,7 @@ def test_sigkills_during_train_resume_bit_identically(reference, tmp_path):
             proc.send_signal(signal.SIGKILL)
             kills += 1
         proc.wait()
+    print(f"{kills} SIGKILLs")
     assert kills >= 1
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
