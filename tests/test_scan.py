@@ -125,7 +125,7 @@ def test_a_scan_cut_short_by_its_budget_continues_into_the_same_rounds():
 
 
 def test_grid_holds_the_spec_plrs_and_flrs_span_the_spec():
-    spec = load_spec()
+    spec = load_spec("synthetic-paper")  # the paper's 11 FLRs, unevenly spaced in log
     grid = fine_grid(spec.plr, 16)
     assert set(spec.plr) <= set(grid) and len(grid) == 73
     assert np.allclose(np.diff(np.log10(grid)), 1 / 16)
