@@ -275,8 +275,9 @@ def vs_plr(tree: xr.DataTree, elements: list, values, *, title: str, ylabel: hv.
 
 def framed(panel, *, title: str, legend: bool = True, **plot) -> hv.Overlay:
     """Size, title, legend and hover tools of one panel, alike in both backends."""
-    # legend_limit: HoloViews drops a legend of more than 25 elements (labelled or not) unless told otherwise.
-    return style(with_hover(panel), {"title": title, "show_legend": legend, "legend_limit": 200, **plot},
+    # legend_limit (an overlay's option): HoloViews drops a legend of more than 25 elements, labelled or not.
+    limit = {"legend_limit": 200} if isinstance(panel, hv.Overlay) else {}
+    return style(with_hover(panel), {"title": title, "show_legend": legend, **limit, **plot},
                  {"width": PANEL_WIDTH, "height": PANEL_HEIGHT, "legend_position": "right",
                   "legend_opts": {"label_text_font_size": "8pt"}},
                  {"aspect": "auto", "legend_position": "right", "legend_opts": {"fontsize": 7}})
