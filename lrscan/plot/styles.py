@@ -93,7 +93,7 @@ def curve(x, y, kdim, vdim, label: str, color: str, dashed: bool = False, hover:
 
 
 # Elements a hover tool reports on, and the columns of each that are not the reader's (segment ends).
-HOVERED = (hv.Scatter, hv.Curve, hv.Segments, hv.Bars, hv.Spread, hv.ErrorBars)
+HOVERED = (hv.Scatter, hv.Curve, hv.Segments, hv.Bars, hv.Spread)  # not ErrorBars: Bokeh gives them no renderer to hover
 
 
 def hover_options(element) -> dict:
