@@ -372,11 +372,23 @@ def persist(store: str | os.PathLike, name: str, result: xr.Dataset, key: str) -
                           "results finished before are kept — fix the cause and rerun the same command") from None
 
 
+# A persisted variable up to this size is written as one zarr chunk: results read from per-run
+# chunks of the store would otherwise be written as thousands of tiny files (on the default
+# store, most of the metrics analyzer's time).
+ONE_CHUNK_BYTES = 1 << 26
+
+
 def _uniform_chunks(result: xr.Dataset) -> xr.Dataset:
     """The result with each dask variable's chunks made regular, as zarr needs (a result
-    concatenated from parts, like ``group_norms``, has ragged ones)."""
-    ragged = {}
+    concatenated from parts, like ``group_norms``, has ragged ones), and each small one in a
+    single chunk (:data:`ONE_CHUNK_BYTES`)."""
+    changed = {}
     for name, var in result.data_vars.items():
-        if var.chunks is not None and any(len(set(c[:-1])) > 1 or (len(c) > 1 and c[-1] > c[0]) for c in var.chunks):
-            ragged[name] = var.chunk({d: max(c) for d, c in zip(var.dims, var.chunks)})
-    return result.assign(ragged) if ragged else result
+        if var.chunks is None:
+            continue
+        if var.nbytes <= ONE_CHUNK_BYTES:
+            if any(len(c) > 1 for c in var.chunks):
+                changed[name] = var.chunk(-1)
+        elif any(len(set(c[:-1])) > 1 or (len(c) > 1 and c[-1] > c[0]) for c in var.chunks):
+            changed[name] = var.chunk({d: max(c) for d, c in zip(var.dims, var.chunks)})
+    return result.assign(changed) if changed else result
