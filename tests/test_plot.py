@@ -192,13 +192,39 @@ def test_pngs_are_images_of_the_figure_size(tree, written, name):
 
 
 def test_summary_states_the_results(tree):
+    from lrscan.analyze.best import best
+    from lrscan.plot.numbers import fmt
+
     text = lrscan.plot.summary(tree)
-    ft = tree["analysis/metrics"]["ft_test_acc"].mean("seed")
-    swa = tree["analysis/metrics"]["swa_test_acc"].mean("seed")
-    assert f"Best fine-tuned test accuracy {100 * float(ft.max()):.1f}%" in text
-    assert f"Best SWA test accuracy {100 * float(swa.max()):.1f}%" in text
+    # The study's best: fine-tuning below the PLR, averaged over those FLRs; SWA's best K; not the
+    # single best run (which may be a low PLR trained on with a higher LR).
+    ft, swa = best(tree, "ft"), best(tree, "swa")
+    assert f"Best fine-tuned test accuracy {fmt(100 * ft.accuracy)}% ± {fmt(100 * ft.se)} at PLR {fmt(ft.plr)}" in text
+    assert f"Best SWA test accuracy {fmt(100 * swa.accuracy)}% ± {fmt(100 * swa.se)} at PLR {fmt(swa.plr)}" in text
     assert "Best PLR range" in text
     assert "No seed crosses the convergence threshold" in text and "3 (divergence) from 0.003 to 0.1" in text
+    assert "No PLR is labelled 2A by any seed" in text
+
+
+def test_the_summary_says_where_2a_lies_with_its_seeds_and_interval():
+    import xarray as xr
+
+    from lrscan.analyze.regimes import LABELS
+    from lrscan.plot.summary_text import _finding
+
+    plr = np.array([1e-3, 1e-2, 1e-1])
+    share = np.zeros((3, len(LABELS)))
+    share[:, LABELS.index("1")] = [1, 0, 0]
+    share[1, LABELS.index("2A")], share[1, LABELS.index("2B")] = 2 / 3, 1 / 3
+    share[2, LABELS.index("3")] = 1
+    regimes = xr.Dataset(
+        {"regime_share": (("plr", "label"), share),
+         "boundary_fit": ("boundary", [3e-3, 2e-2, 5e-2]), "boundary_low": ("boundary", [1e-3, 1e-2, 1e-2]),
+         "boundary_high": ("boundary", [1e-2, 1e-1, 1e-1]), "regime": (("plr", "seed"), np.full((3, 3), "1"))},
+        coords={"plr": plr, "label": list(LABELS), "boundary": ["1|2", "2A|2B", "2|3"], "seed": [0, 1, 2]})
+    text = _finding(xr.DataTree.from_dict({"analysis/regimes": regimes}))
+    assert "at PLR 0.01 (2 of 3 seeds); the 2A|2B boundary at PLR 0.02 (95% interval 0.01 to 0.1)." in text
+    assert text.startswith("Subregime 2A — just above the convergence threshold")
 
 
 def test_plot_refuses_a_store_without_analyses(trained_small, tmp_path):

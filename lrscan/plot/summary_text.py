@@ -1,4 +1,5 @@
-"""A paragraph on a store's results for the figures' index page: accuracies, best PLR range, threshold, regimes."""
+"""A paragraph on a store's results for the figures' index page: the study's best PLR, threshold,
+regimes and where 2A lies, each with its uncertainty."""
 
 from __future__ import annotations
 
@@ -50,25 +51,8 @@ def _threshold_summary(tree: xr.DataTree) -> str:
 
 
 def _accuracy_summary(tree: xr.DataTree) -> list[str]:
-    stored = tree["analysis/metrics"].data_vars
-    wanted = [v for v in ("pt_test_acc_mean", "ft_test_acc", "swa_test_acc") if v in stored]
-    metrics = load_analysis(tree, "metrics", wanted)
-    parts = []
-    if "ft_test_acc" in metrics:
-        ft = metrics.ft_test_acc.mean("seed")
-        best = ft.where(ft == ft.max(), drop=True)
-        parts.append(f"Best fine-tuned test accuracy {fmt(100 * float(ft.max()))}% "
-                     f"(PLR {fmt(float(best.plr[0]))}, FLR {fmt(float(best.flr[0]))}).")
-    if "swa_test_acc" in metrics:
-        swa = metrics.swa_test_acc.mean("seed")
-        best = swa.where(swa == swa.max(), drop=True)
-        parts.append(f"Best SWA test accuracy {fmt(100 * float(swa.max()))}% "
-                     f"(PLR {fmt(float(best.plr[0]))}, K = {int(best.swa[0])}).")
-    parts += _best_summary(tree)
-    return parts
-
-
-def _best_summary(tree: xr.DataTree) -> list[str]:
+    """The study's best: fine-tuning below the PLR (mean over those FLRs), SWA, and apart,
+    training on above it; each with its noise and the PLRs tied with it."""
     from lrscan.analyze.best import best, plr_scores
     from lrscan.errors import LrscanError
 
@@ -76,13 +60,46 @@ def _best_summary(tree: xr.DataTree) -> list[str]:
         scores = plr_scores(tree)
     except LrscanError:  # neither fine-tuning nor SWA: nothing judges a PLR
         return []
+    parts = []
+    tops = {kind: best(scores, kind) for kind in ("ft", "swa", "ft_higher")}
+    if tops["ft"] is not None:
+        parts.append(f"Best fine-tuned test accuracy {_score(tops['ft'])} (the mean over the FLRs below each PLR, "
+                     "as the study judges fine-tuning).")
+    if tops["swa"] is not None:
+        parts.append(f"Best SWA test accuracy {_score(tops['swa'])} (each seed's best K).")
+    if tops["ft_higher"] is not None:
+        parts.append(f"Training on with a higher LR (FLR > PLR, a jump to another minimum, shown apart): best "
+                     f"{_score(tops['ft_higher'])}.")
     for kind, what in BEST_BY.items():
-        top = best(scores, kind)
+        top = tops[kind]
         if top is not None:
-            return [f"Best PLR range (tied with the best within the noise, judged by {what}): "
-                    f"{fmt(top.low)} to {fmt(top.high)}; the best, PLR {fmt(top.plr)}, at {fmt(100 * top.accuracy)}% "
-                    f"± {fmt(100 * top.se)}."]
-    return []
+            parts.append(f"Best PLR range (tied with the best within the noise, judged by {what}): "
+                         f"{fmt(top.low)} to {fmt(top.high)}; the best, PLR {fmt(top.plr)}, at "
+                         f"{fmt(100 * top.accuracy)}% ± {fmt(100 * top.se)}.")
+            break
+    return parts
+
+
+def _score(top) -> str:
+    return f"{fmt(100 * top.accuracy)}% ± {fmt(100 * top.se)} at PLR {fmt(top.plr)}"
+
+
+def _finding(tree: xr.DataTree) -> str:
+    """Where 2A lies, in the study's words, with the share of seeds and the boundary's interval."""
+    regimes = tree["analysis/regimes"].to_dataset()
+    share = regimes.regime_share.sel(label="2A").load()
+    found = share.plr.values[share.values > 0]
+    if not found.size:
+        return "No PLR is labelled 2A by any seed: the data do not show the band."
+    where = ", ".join(f"{fmt(p)} ({int(round(float(share.sel(plr=p)) * regimes.sizes['seed']))} of "
+                      f"{regimes.sizes['seed']} seeds)" for p in found)
+    text = (f"Subregime 2A — just above the convergence threshold, where fine-tuning with every lower FLR and "
+            f"SWA reach the same, best accuracy and the solutions are linearly connected — at PLR {where}")
+    bound = regimes[["boundary_fit", "boundary_low", "boundary_high"]].sel(boundary="2A|2B").load()
+    if np.isfinite(bound.boundary_fit):
+        text += (f"; the 2A|2B boundary at PLR {fmt(float(bound.boundary_fit))} (95% interval "
+                 f"{fmt(float(bound.boundary_low))} to {fmt(float(bound.boundary_high))})")
+    return text + "."
 
 
 def _regime_summary(tree: xr.DataTree) -> str:
@@ -98,7 +115,7 @@ def _regime_summary(tree: xr.DataTree) -> str:
         text = "No seed crosses the convergence threshold (1|2 boundary) within the PLR grid."
     spans = [f"{label} ({REGIME_NAMES.get(label, label)}) {_span_text(tree, start, stop)}"
              for label, start, stop in regime_spans(tree)]
-    return text + " Regimes by PLR: " + "; ".join(spans) + "."
+    return text + " Regimes by PLR: " + "; ".join(spans) + ". " + _finding(tree)
 
 
 def _span_text(tree: xr.DataTree, start: float, stop: float) -> str:
