@@ -77,8 +77,9 @@ SCAN_COLORS = {"1|2": "#4C72B0", "2A|2B": "#DD8452", "recommended": "#2E8B57"}
 
 
 @figure("scan", needs=("scan",), title="Scan: fine-tuned accuracy vs PLR, round by round",
-        caption="Left: the best fine-tuned test accuracy (over the scan's FLRs, mean over seeds) of every PLR "
-                "`lrscan scan` trained, each dot coloured by the round that added it, and the PT accuracy (grey, "
+        caption="Left: the fine-tuned test accuracy of every PLR `lrscan scan` trained (the study's score: the "
+                "mean over the scan's FLRs below the PLR, and over seeds), each dot coloured by the round that "
+                "added it, and the PT accuracy (grey, "
                 "dashed); shading: each PLR's most common regime; grey bands: the brackets of the convergence "
                 "threshold (1|2) and of the 2A|2B boundary, with their estimates dashed; green: the recommended PLR. "
                 "Right: each estimate after each round, with its uncertainty (the bracket's half-width).")
@@ -116,7 +117,7 @@ def scan(tree: xr.DataTree) -> hv.Layout:
         marks.append(style(hv.VLine(10**value), {"color": SCAN_COLORS[str(q)]},
                            {"line_dash": "solid" if q == "recommended" else "dashed", "line_width": 2},
                            {"linestyle": "-" if q == "recommended" else "--", "linewidth": 1.8}))
-    line = style(hv.Curve((plr, score), PLR, TEST_ACC, label="FT, best FLR"), {"color": "#555555"},
+    line = style(hv.Curve((plr, score), PLR, TEST_ACC, label="FT, mean over FLR < PLR"), {"color": "#555555"},
                  {"line_width": 1.5}, {"linewidth": 1.2})
     reference = curve(plr, pt, PLR, TEST_ACC, "PT", "#888888", dashed=True)
     rounds = style(hv.Scatter((plr, score, result["round"].values), PLR, [TEST_ACC, SCAN_ROUND], label="by round"),
