@@ -169,6 +169,22 @@ def cli_import(source, store, *extra):
     return run_cli("import", source, "--store", store, "--model", "mlp", *pattern, *sets, *extra)
 
 
+def test_a_full_disk_during_an_import_is_one_line_and_the_rerun_completes(folder, tmp_path, monkeypatch):
+    import errno
+
+    from tests.test_hardening import _failing_set
+
+    store = tmp_path / "full.zarr"
+    _failing_set(monkeypatch, errno.ENOSPC, when=lambda key: key.startswith("finetune/weights"))
+    assert_one_line_error(cli_import(folder, store), r"No space left on device")
+    monkeypatch.undo()
+    result = cli_import(folder, store)
+    assert result.exit_code == 0, result.output
+    tree = lrscan.open(store)
+    assert tree["pretrain/metrics"]["done"].values.all() and tree["finetune/metrics"]["done"].values.all()
+    assert verify(store) == []
+
+
 def test_interrupted_or_failed_imports_resume_into_the_same_store(trained_small, folder, tmp_path, digest):
     source = shutil.copytree(folder, tmp_path / "ckpts")
     store = tmp_path / "s.zarr"
