@@ -14,8 +14,8 @@ def open(store):  # noqa: A001 - mirrors xarray's open_* naming
     """Open a store lazily as an ``xarray.DataTree`` of dask-backed variables.
 
     The same as ``xr.open_datatree(store, engine="zarr", chunks={}, consolidated=False)``,
-    after checking that ``store`` is an lrscan store, with CF-style ``units`` and ``long_name``
-    on every variable (:func:`lrscan.units.annotate`).
+    after checking that ``store`` is an lrscan store. ``lrscan.units.annotate(tree)`` adds
+    CF-style ``units`` and ``long_name`` to every variable.
     """
     from lrscan.store import open_store
 

@@ -36,15 +36,9 @@ def is_local(store: str | os.PathLike) -> bool:
 
 
 def open_store(path: str | os.PathLike) -> xr.DataTree:
-    """Open a store lazily: every variable is a dask array, nothing is read until computed.
-
-    Every variable and coordinate carries CF-style ``units`` and ``long_name``
-    (:func:`lrscan.units.annotate`; attributes the store holds are kept).
-    """
-    from lrscan.units import annotate
-
+    """Open a store lazily: every variable is a dask array, nothing is read until computed."""
     _require_store(path)
-    return annotate(xr.open_datatree(str(path), engine="zarr", chunks={}, consolidated=False))
+    return xr.open_datatree(str(path), engine="zarr", chunks={}, consolidated=False)
 
 
 def read_spec(path: str | os.PathLike) -> Spec:
