@@ -79,6 +79,16 @@ def train_store(tmp_path_factory, overrides, preset=None):
     return path
 
 
+def corrupt_chunk(store: Path) -> Path:
+    """Flip one byte in the middle of the weights chunk of fine-tuning run (plr 1, flr 0, seed 1)
+    of a store; returns the chunk's path."""
+    chunk = Path(store) / "finetune" / "weights" / "weights" / "c" / "1" / "0" / "1" / "0" / "0"
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    chunk.write_bytes(bytes(data))
+    return chunk
+
+
 def two_run_stage(overrides):
     """Two runs of a planted-convnet setup (seeds 0 and 1 at ELR 0.01 and 0.05) through a
     6-step stage logged every 2 steps: the setup, the runs' start, the device data, the stage

@@ -29,7 +29,7 @@ from lrscan.store import Claim, beside, verify
 from lrscan.store.claims import _start_time
 from lrscan.testing import assert_stores_identical
 from lrscan.train.sweep import Sweep, train
-from tests.conftest import SMALL, assert_one_line_error
+from tests.conftest import SMALL, assert_one_line_error, corrupt_chunk
 
 SPLIT = SMALL + ["runs_per_batch=3"]
 HOST = socket.gethostname()
@@ -228,10 +228,7 @@ def test_retraining_after_verify_fix_makes_analyses_stale(reference, tmp_path):
     shutil.copytree(reference, path)
     assert cli("analyze", path, "--only", "angles").exit_code == 0
     assert json.loads(cli("info", path, "--json").stdout)["analyses"]["angles"]["status"] == "up to date"
-    chunk = path / "finetune" / "weights" / "weights" / "c" / "1" / "0" / "1" / "0" / "0"
-    data = bytearray(chunk.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    chunk.write_bytes(bytes(data))
+    corrupt_chunk(path)
     assert cli("verify", path, "--fix").exit_code == 1
     train(load_spec(overrides=SPLIT), path)  # the same bits again
     assert verify(path) == []
@@ -350,10 +347,7 @@ def assert_ends_in_error(result, pattern):
 def test_a_read_only_store_is_one_line(reference, tmp_path, monkeypatch, digest, code):
     path = tmp_path / "ro.zarr"
     shutil.copytree(reference, path)
-    chunk = path / "finetune" / "weights" / "weights" / "c" / "1" / "0" / "1" / "0" / "0"
-    data = bytearray(chunk.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    chunk.write_bytes(bytes(data))
+    corrupt_chunk(path)
     flags = path / "finetune" / "metrics" / "done"
     before = digest(path)
     _failing_set(monkeypatch, code)

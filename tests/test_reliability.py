@@ -18,7 +18,7 @@ from lrscan.spec import load_spec
 from lrscan.store import Claim, beside, verify
 from lrscan.testing import assert_stores_identical
 from lrscan.train.sweep import train
-from tests.conftest import SMALL, train_store
+from tests.conftest import SMALL, corrupt_chunk, train_store
 
 # Small batches, so that a sweep has several units of work to share or to lose.
 SPLIT = SMALL + ["runs_per_batch=3"]
@@ -43,11 +43,7 @@ def test_a_clean_store_verifies(reference):
 def test_verify_names_a_corrupted_run_and_train_redoes_only_it(reference, tmp_path):
     path = tmp_path / "s.zarr"
     shutil.copytree(reference, path)
-    # Flip a byte in the weights chunk of the fine-tuning run (plr 1, flr 0, seed 1).
-    chunk = path / "finetune" / "weights" / "weights" / "c" / "1" / "0" / "1" / "0" / "0"
-    data = bytearray(chunk.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    chunk.write_bytes(bytes(data))
+    corrupt_chunk(path)
     problems = verify(path)
     assert [(p.stage, p.index, p.kind) for p in problems] == [("finetune", (1, 0, 1), "corrupted")]
     result = CliRunner().invoke(main, ["verify", str(path)])
