@@ -104,8 +104,10 @@ def test_the_summary_gives_the_best_plr_range_of_analyze_best(tree):
 
     top = best(tree, "ft") or best(tree, "swa")
     text = lrscan.plot.summary(tree)
-    assert f"Best PLR range (tied with the best within the noise" in text
-    assert f"{fmt(top.low)} to {fmt(top.high)}; the best, PLR {fmt(top.plr)}" in text
+    assert f"Best PLR range (the PLRs tied with the best, {fmt(top.plr)}, within the noise" in text
+    assert f"): {fmt(top.low)} to {fmt(top.high)}." in text
+    # The best's score is stated once, in its own sentence.
+    assert text.count(f"{fmt(100 * top.accuracy)}% ± {fmt(100 * top.se)}") == 1
 
 
 def test_narrow_regime_spans_name_their_regimes_at_two_heights():

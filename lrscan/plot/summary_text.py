@@ -73,9 +73,8 @@ def _accuracy_summary(tree: xr.DataTree) -> list[str]:
     for kind, what in BEST_BY.items():
         top = tops[kind]
         if top is not None:
-            parts.append(f"Best PLR range (tied with the best within the noise, judged by {what}): "
-                         f"{fmt(top.low)} to {fmt(top.high)}; the best, PLR {fmt(top.plr)}, at "
-                         f"{fmt(100 * top.accuracy)}% ± {fmt(100 * top.se)}.")
+            parts.append(f"Best PLR range (the PLRs tied with the best, {fmt(top.plr)}, within the noise, "
+                         f"judged by {what}): {fmt(top.low)} to {fmt(top.high)}.")
             break
     return parts
 
