@@ -136,6 +136,12 @@ def _expand(v: Tensor, like: Tensor) -> Tensor:
     return v.view(-1, *[1] * (like.dim() - 1))
 
 
+def _gather(data_x: Tensor, data_y: Tensor, which: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
+    """The runs' batches: samples ``idx[m]`` (M, B) of dataset ``which[m]`` of ``data_x`` / ``data_y``."""
+    rows = which[:, None]
+    return data_x[rows, idx], data_y[rows, idx]
+
+
 def _runs_sq(tensors) -> Tensor:
     """Each run's sum of squares over ``tensors`` (each (M, ...)), in their float32: the step's
     projection and gradient norm. (Summing in float64 made the update of the synthetic MLP take
@@ -314,8 +320,7 @@ class Engine:
         return params, state, _runs_sq(grads.values()).sqrt(), loss, acc
 
     def _gather_step(self, params, state, data_x, data_y, which, idx, lr):
-        rows = which[:, None]
-        return self._step_all(params, state, data_x[rows, idx], data_y[rows, idx], lr)
+        return self._step_all(params, state, *_gather(data_x, data_y, which, idx), lr)
 
     def step_on(self, data_x: Tensor, data_y: Tensor, which: Tensor, idx: Tensor, elr: Tensor,
                 seeds: Sequence[int] | None = None) -> StepStats:
@@ -326,8 +331,7 @@ class Engine:
         step, no eager indexing); any other gathers it first and calls :meth:`step`.
         """
         if self._step_on is None:
-            rows = which[:, None]
-            return self.step(data_x[rows, idx], data_y[rows, idx], elr, seeds)
+            return self.step(*_gather(data_x, data_y, which, idx), elr, seeds)
         self.params, self.opt_state, grad_norm, loss, acc = self._step_on(
             self.params, self.opt_state, data_x, data_y, which, idx, elr * self.lr_scale)
         return StepStats(grad_norm.float(), loss.float(), acc.float())
