@@ -10,7 +10,7 @@ import lrscan
 from lrscan.analyze.run import analyze, check_options, fingerprint, parse_option, parse_options
 from lrscan.cli import main
 from lrscan.errors import LrscanError
-from lrscan.plot.figures import stored_analyses
+from lrscan.plot.registry import stored_analyses
 from tests.conftest import SMALL, assert_one_line_error, train_store
 
 

@@ -8,7 +8,9 @@ from PIL import Image
 
 import lrscan
 from lrscan.analyze.run import analyze
-from lrscan.plot import figures
+from lrscan.plot.solutions import group_norms
+from lrscan.plot.styles import PANEL_HEIGHT, PANEL_WIDTH, figure_size
+from lrscan.plot.writers import save_image
 from lrscan.spec import load_spec
 from lrscan.store import RunData, StoreWriter, create_or_check
 from lrscan.train.sweep import Setup
@@ -193,7 +195,7 @@ def test_without_fine_tuning_the_point_is_absent(tmp_path):
     assert list(result.point.values) == ["init", "pretrain"]
     assert "finetune_flr" not in result.attrs
     analyze(path, ["group_norms"])
-    panels = list(figures.group_norms(lrscan.open(path)))
+    panels = list(group_norms(lrscan.open(path)))
     assert [p.opts.get("plot", backend="bokeh").kwargs["title"] for p in panels] == [
         "At initialisation", "End of pre-training", "Channel norms vs PLR, end of pre-training"]
 
@@ -213,7 +215,7 @@ def with_regimes(tree: xr.DataTree, labels: list[str]) -> xr.DataTree:
 def test_figure_has_a_panel_per_point_with_one_plr_per_regime(store, tmp_path):
     analyze(store, ["group_norms"])
     tree = with_regimes(lrscan.open(store), ["1", "2A", "3"])
-    obj = figures.group_norms(tree)
+    obj = group_norms(tree)
     panels = list(obj)
     titles = [p.opts.get("plot", backend="bokeh").kwargs["title"] for p in panels]
     assert titles == ["At initialisation", "End of pre-training", "After fine-tuning (FLR 0.001)",
@@ -230,7 +232,7 @@ def test_figure_has_a_panel_per_point_with_one_plr_per_regime(store, tmp_path):
             np.testing.assert_allclose(h.edges, EDGES)
     assert any(isinstance(e, hv.QuadMesh) for e in panels[3])
     assert [e.text for e in panels[3] if isinstance(e, hv.Text)] == ["1", "2A", "3"]
-    png = figures.save_png(obj, tmp_path / "group_norms.png")
+    png = save_image(obj, tmp_path / "group_norms.png")
     image = Image.open(png).convert("L")
-    assert image.size == figures.figure_size(obj) == (2 * figures.PANEL_WIDTH, 2 * figures.PANEL_HEIGHT)
+    assert image.size == figure_size(obj) == (2 * PANEL_WIDTH, 2 * PANEL_HEIGHT)
     assert (np.asarray(image) < 250).mean() > 0.05

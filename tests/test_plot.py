@@ -19,7 +19,7 @@ from PIL import Image
 import lrscan
 import lrscan.plot
 from lrscan.plot import styles
-from lrscan.plot.figures import FIGURES
+from lrscan.plot.registry import FIGURES
 from lrscan.plot.commands import explore, plot
 from lrscan.plot.explore import Views, check_port, make_app
 from tests.browser import analyzed_store, free_port, written_figures

@@ -11,7 +11,8 @@ import lrscan
 import lrscan.plot
 from lrscan.cli import main
 from lrscan.errors import LrscanError
-from lrscan.plot import figures
+from lrscan.plot.registry import FIGURES
+from lrscan.plot.solutions import sharpness_points
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,7 @@ def store(tmp_path_factory, trained_small):
 
 def test_points_are_the_ft_solutions_with_their_sharpness_and_test_error(store):
     tree = lrscan.open(store)
-    points = figures.sharpness_points(tree, loss_factor=2.0)
+    points = sharpness_points(tree, loss_factor=2.0)
     sharp = tree["analysis/sharpness"]["hessian_trace"]
     final = tree["finetune/metrics"].to_dataset().isel(epoch=-1)
     for flr in points.flr.values:
@@ -41,7 +42,7 @@ def test_points_are_the_ft_solutions_with_their_sharpness_and_test_error(store):
 @pytest.mark.parametrize("factor", [1.5, 3.0, 1e6])
 def test_the_scatter_shows_exactly_the_matched_solutions(store, factor):
     tree = lrscan.open(store)
-    points = figures.sharpness_points(tree, loss_factor=factor)
+    points = sharpness_points(tree, loss_factor=factor)
     keep = (points.matched & (points.hessian_trace > 0)).values
     scatter = lrscan.plot.sharpness(tree, loss_factor=factor)
     assert isinstance(scatter, hv.Scatter)
@@ -57,11 +58,11 @@ def test_the_scatter_shows_exactly_the_matched_solutions(store, factor):
 
 def test_a_band_must_be_a_factor_above_one(store):
     with pytest.raises(LrscanError, match="loss_factor must be a finite factor above 1, got 0.5"):
-        figures.sharpness_points(lrscan.open(store), loss_factor=0.5)
+        sharpness_points(lrscan.open(store), loss_factor=0.5)
 
 
 def test_lrscan_plot_draws_it_when_sharpness_is_stored(store, trained_small, tmp_path):
-    assert "sharpness analysis" in figures.FIGURES["sharpness"].missing(lrscan.open(trained_small))
+    assert "sharpness analysis" in FIGURES["sharpness"].missing(lrscan.open(trained_small))
     result = CliRunner().invoke(main, ["plot", str(store), "--out", str(tmp_path / "figs")])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "figs" / "sharpness.png").stat().st_size > 0

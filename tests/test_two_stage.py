@@ -13,7 +13,8 @@ import lrscan
 import lrscan.plot
 from lrscan.cli import main
 from lrscan.errors import LrscanError
-from lrscan.plot import figures
+from lrscan.plot.accuracy import two_stage_accuracy
+from lrscan.plot.registry import FIGURES
 from lrscan.spec import Spec, load_spec
 from lrscan.testing import assert_stores_identical
 from lrscan.train.loop import run_stage
@@ -135,7 +136,7 @@ def test_a_batch_killed_across_the_switch_resumes_to_an_identical_store(two_stag
 
 def test_the_two_stage_figure_shows_each_stage(two_stage):
     tree = lrscan.open(two_stage)
-    data = figures.two_stage_accuracy(tree)
+    data = two_stage_accuracy(tree)
     assert list(data.stage.values) == ["stage 1", "stage 2", "after FT"]
     pt = tree["pretrain/metrics"]["test_acc"]
     xr.testing.assert_equal(data.test_acc.sel(stage="stage 1", drop=True), pt.sel(epoch=2.5, drop=True)
@@ -156,7 +157,7 @@ def test_the_two_stage_figure_shows_each_stage(two_stage):
 
 
 def test_lrscan_plot_draws_the_two_stage_figure_only_for_two_stage_sweeps(two_stage, trained_small, tmp_path):
-    assert "pretrain_switch" in figures.FIGURES["two_stage"].missing(lrscan.open(trained_small))
+    assert "pretrain_switch" in FIGURES["two_stage"].missing(lrscan.open(trained_small))
     store = tmp_path / "two.zarr"
     shutil.copytree(two_stage, store)
     assert CliRunner().invoke(main, ["analyze", str(store), "--only", "metrics"]).exit_code == 0
