@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from lrscan.errors import LrscanError
+from lrscan.options import (MAX_RUNS, boolean, check_options, choice, integer, learning_rate, number, number_list,
+                            seeds_list, string)
 from lrscan.registry import closest
 
 DEFAULT_PRESET = "synthetic"
@@ -27,8 +29,6 @@ TABLES = ("sweep", "model", "data")
 # keeps at most this many metric rows or checkpoints, a sweep has at most this many runs.
 MAX_CONFIG_BYTES = 1 << 20
 MAX_ROWS = 1_000_000
-MAX_RUNS = 1_000_000
-MAX_SEED = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -286,7 +286,7 @@ def resolve(tables: Mapping[str, Any]) -> Spec:
                           f"{n_data} data seeds{f' x (1 + {len(flr):,} FLRs)' if finetune_epochs else ''}); "
                           f"lrscan takes at most {MAX_RUNS:,}")
     _check_data_memory(data_options, n_data)
-    swa = tuple(integer(f"swa[{i}]", k, minimum=1) for i, k in enumerate(_list("swa", get("swa"))))
+    swa = tuple(integer(f"swa[{i}]", k, minimum=1) for i, k in enumerate(number_list("swa", get("swa"))))
     if len(set(swa)) != len(swa):
         raise LrscanError(f"swa has repeated values: {list(swa)}")
     window = _swa_window(get("swa_window"))
@@ -315,77 +315,23 @@ def resolve(tables: Mapping[str, Any]) -> Spec:
         swa_window=window,
         radius=radius,
         device=_device(get("device")),
-        compile=_boolean("compile", get("compile")),
-        precision=_choice("precision", get("precision"), ("fp32", "bf16")),
+        compile=boolean("compile", get("compile")),
+        precision=choice("precision", get("precision"), ("fp32", "bf16")),
         runs_per_batch=integer("runs_per_batch", get("runs_per_batch"), minimum=1),
         model_options=model_options,
         data_options=data_options,
     )
 
 
-def check_options(where: str, given: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
-    """Merge an option table over its defaults, rejecting unknown keys.
-
-    Values are checked by the model or dataset entry that owns them (its ``validate``).
-    """
-    if not isinstance(given, Mapping):
-        raise LrscanError(f"{where} must be a table")
-    for key in given:
-        if key not in defaults:
-            known = ", ".join(sorted(defaults)) or "none"
-            raise LrscanError(f"unknown key {key!r} in {where}{closest(key, defaults)}; valid keys: {known}")
-    return {**defaults, **given}
-
-
-def string(name: str, value) -> str:
-    if not isinstance(value, str) or not value:
-        raise LrscanError(f"{name} must be a non-empty string, got {value!r}")
-    return value
-
-
-def number(name: str, value, *, positive: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise LrscanError(f"{name} must be a number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise LrscanError(f"{name} must be finite, got {value!r}")
-    if value < 0 or (positive and value == 0):
-        raise LrscanError(f"{name} must be {'positive' if positive else 'non-negative'}, got {value:g}")
-    return value
-
-
-def integer(name: str, value, *, minimum: int, maximum: int | None = None) -> int:
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise LrscanError(f"{name} must be a whole number, got {value!r}")
-    if value < minimum:
-        raise LrscanError(f"{name} must be at least {minimum}, got {value}")
-    if maximum is not None and value > maximum:
-        text = str(value)
-        raise LrscanError(f"{name} must be at most {maximum:,}, got {text if len(text) < 16 else f'{text[0]}.{text[1:3]}e+{len(text) - 1}'}")
-    return value
-
-
-def _list(name: str, value) -> list:
-    if isinstance(value, (list, tuple)):
-        return list(value)
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return [value]
-    raise LrscanError(f"{name} must be a list of numbers, got {value!r}")
-
-
 def _grid(name: str, value) -> tuple[float, ...]:
-    values = _list(name, value)
+    values = number_list(name, value)
     if not values:
         raise LrscanError(f"{name} grid is empty; give at least one learning rate")
     grid = []
     for i, v in enumerate(values):
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise LrscanError(f"{name}[{i}] must be a number, got {v!r}")
-        if not math.isfinite(v) or v <= 0:
-            raise LrscanError(f"{name}[{i}] = {v!r}: learning rates must be positive and finite")
-        grid.append(float(v))
+        grid.append(learning_rate(f"{name}[{i}]", v))
     if len(set(grid)) != len(grid):
         raise LrscanError(f"{name} grid has repeated values")
     return tuple(sorted(grid))
@@ -395,7 +341,7 @@ def _seed_count(value) -> int:
     """How many seeds ``seeds`` gives, checked without making them."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return integer("seeds", value, minimum=1)
-    return len(_list("seeds", value))
+    return len(number_list("seeds", value))
 
 
 def _check_rows(what: str, count: float, why: str) -> None:
@@ -428,17 +374,6 @@ def _check_data_memory(options: Mapping[str, Any], n_data: int) -> None:
                           f"half this machine's {memory / 1e9:.3g} GB of memory")
 
 
-def seeds_list(name: str, value) -> tuple[int, ...]:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return tuple(range(integer(name, value, minimum=1, maximum=MAX_RUNS)))
-    seeds = tuple(integer(f"{name}[{i}]", s, minimum=0, maximum=MAX_SEED) for i, s in enumerate(_list(name, value)))
-    if not seeds:
-        raise LrscanError(f"{name} is empty; give a count or a list of seeds")
-    if len(set(seeds)) != len(seeds):
-        raise LrscanError(f"{name} has repeated values: {list(seeds)}")
-    return seeds
-
-
 def _switch(value, pretrain_epochs: float) -> dict[str, float] | None:
     """The ``pretrain_switch`` table ``{epoch, plr}``: a second pre-training stage at ELR ``plr``
     from ``epoch`` (strictly inside pre-training) to the end of pre-training."""
@@ -458,10 +393,7 @@ def _switch(value, pretrain_epochs: float) -> dict[str, float] | None:
             f"pretrain_switch.epoch = {epoch:g} is not before the end of pre-training (pretrain_epochs = "
             f"{pretrain_epochs:g}); the second stage would be empty"
         )
-    plr = value["plr"]
-    if isinstance(plr, bool) or not isinstance(plr, (int, float)) or not math.isfinite(plr) or plr <= 0:
-        raise LrscanError(f"pretrain_switch.plr = {plr!r}: learning rates must be positive and finite")
-    return {"epoch": epoch, "plr": float(plr)}
+    return {"epoch": epoch, "plr": learning_rate("pretrain_switch.plr", value["plr"])}
 
 
 def _swa_window(value) -> dict[str, float] | None:
@@ -500,24 +432,11 @@ def _checkpoints(value, end: float) -> tuple[float, ...]:
         _check_rows("checkpoints", end / step, f"every {step:g} of {end:g} epochs")
         epochs = [i * step for i in range(int(math.floor(end / step + 1e-9)) + 1)]
     else:
-        epochs = [number(f"checkpoint_epochs[{i}]", e, positive=False) for i, e in enumerate(_list("checkpoint_epochs", value))]
+        epochs = [number(f"checkpoint_epochs[{i}]", e, positive=False) for i, e in enumerate(number_list("checkpoint_epochs", value))]
     for e in epochs:
         if e > end + 1e-9:
             raise LrscanError(f"checkpoint epoch {e:g} is beyond the end of training ({end:g})")
     return tuple(sorted(set(epochs)))
-
-
-def _boolean(name: str, value) -> bool:
-    if not isinstance(value, bool):
-        raise LrscanError(f"{name} must be true or false, got {value!r}")
-    return value
-
-
-def _choice(name: str, value, choices: tuple[str, ...]) -> str:
-    value = string(name, value)
-    if value not in choices:
-        raise LrscanError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
-    return value
 
 
 def _device(value) -> str:

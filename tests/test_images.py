@@ -13,7 +13,8 @@ from lrscan.data.frequency import BAND_NAMES, band_edges, band_filter, band_inpu
 from lrscan.data.images import MEAN, STD, crop_flip, make_augment
 from lrscan.data.planted import make_planted
 from lrscan.errors import LrscanError
-from lrscan.spec import check_options, resolve
+from lrscan.options import check_options
+from lrscan.spec import resolve
 
 CIFAR10_TRAIN, CIFAR10_TEST = 4, 6  # images per training batch (five batches), test images
 

@@ -36,9 +36,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lrscan.data import Data, DatasetEntry
+from lrscan.data.entry import Data, DatasetEntry
 from lrscan.errors import LrscanError
-from lrscan.spec import integer, seeds_list, string
+from lrscan.options import integer, seeds_list, string
 
 __all__ = ["DEFAULTS", "ENTRY", "KEYS", "NORMALISE", "read"]
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lrscan.data import from_pixels, to_pixels
+from lrscan.data.entry import from_pixels, to_pixels
 from lrscan.errors import LrscanError
 
 __all__ = ["BAND_NAMES", "NORMALISE", "REFERENCE_SIZE", "band_edges", "band_masks", "band_filter", "band_inputs"]

@@ -27,10 +27,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lrscan.data import Data, DatasetEntry, from_pixels, to_pixels
+from lrscan.data.entry import Data, DatasetEntry, from_pixels, to_pixels
 from lrscan.data.randaugment import rand_augment
 from lrscan.errors import LrscanError
-from lrscan.spec import integer, string
+from lrscan.options import integer, string
 
 __all__ = ["CIFAR10", "CIFAR100", "MEAN", "STD", "AUGMENTS", "crop_flip", "rand_augment_normalised", "make_augment"]
 

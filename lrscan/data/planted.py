@@ -32,10 +32,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lrscan.data import Data, DatasetEntry, from_pixels
+from lrscan.data.entry import Data, DatasetEntry, from_pixels
 from lrscan.data.frequency import BAND_NAMES, band_edges, band_filter
 from lrscan.errors import LrscanError
-from lrscan.spec import integer, number, seeds_list
+from lrscan.options import integer, number, seeds_list
 
 __all__ = ["DEFAULTS", "ENTRY", "make_planted"]
 

@@ -6,10 +6,10 @@ from typing import Any, Mapping
 
 import torch
 
-from lrscan.data import Data, DatasetEntry
+from lrscan.data.entry import Data, DatasetEntry
 from lrscan.data.ticks import make_ticks, single_feature_sets
 from lrscan.errors import LrscanError
-from lrscan.spec import integer, seeds_list
+from lrscan.options import integer, seeds_list
 
 DEFAULTS = {
     "seeds": 1,

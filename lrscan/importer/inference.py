@@ -20,7 +20,8 @@ from typing import Any, Iterable, Mapping, Sequence
 from lrscan.errors import LrscanError
 from lrscan.importer.patterns import Checkpoint, TraceRow
 from lrscan.importer.reading import is_accuracy, load, trace_shape
-from lrscan.spec import Spec, number, parse_override, resolve
+from lrscan.options import number
+from lrscan.spec import Spec, parse_override, resolve
 
 FT_EPOCH_ORIGINS = ("branch", "start")
 SEED_AXES = ("auto", "shared", "replicate")

@@ -24,8 +24,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from lrscan.errors import LrscanError
-from lrscan.models import ModelEntry
-from lrscan.spec import integer, number
+from lrscan.models.entry import ModelEntry
+from lrscan.options import integer, number
 
 
 class SIConvNet(nn.Module):

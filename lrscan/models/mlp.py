@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from lrscan.errors import LrscanError
-from lrscan.models import ModelEntry
+from lrscan.models.entry import ModelEntry
 
 
 def mlp_apply(hidden: Sequence[Tensor], head: Tensor, x: Tensor, eps: float) -> Tensor:

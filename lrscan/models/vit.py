@@ -33,8 +33,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from lrscan.errors import LrscanError
-from lrscan.models import ModelEntry
-from lrscan.spec import integer, number
+from lrscan.models.entry import ModelEntry
+from lrscan.options import integer, number
 
 # F.pad amounts (left, right, top, bottom); a negative amount crops, so each moves the image
 # by one pixel: right, left, down, up.
