@@ -1,13 +1,7 @@
 """lrscan: where do large learning rates lead? Sweeps of scale-invariant networks on a sphere."""
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("lrscan")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0+unknown"
-
-from lrscan import accessor  # noqa: E402,F401  (registers the tree.lrscan accessor)
+from lrscan import accessor  # noqa: F401  (registers the tree.lrscan accessor)
+from lrscan.version import __version__  # noqa: F401
 
 
 def open(store):  # noqa: A001 - mirrors xarray's open_* naming

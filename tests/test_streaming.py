@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import zarr
 
-import lrscan.store
+import lrscan.store.create
 import lrscan.train.sweep
 from lrscan.spec import load_spec
 from lrscan.store import verify
@@ -16,7 +16,7 @@ from tests.conftest import SMALL
 @pytest.fixture
 def one_row_chunks(monkeypatch):
     # Every weight chunk holds one checkpoint, so a stage writes a chunk at every checkpoint.
-    monkeypatch.setattr(lrscan.store, "WEIGHT_CHUNK_BYTES", 1)
+    monkeypatch.setattr(lrscan.store.create, "WEIGHT_CHUNK_BYTES", 1)
 
 
 def test_checkpoints_and_rows_are_in_the_store_before_the_batch_is_done(tmp_path, one_row_chunks, monkeypatch):
@@ -45,7 +45,7 @@ def test_checkpoints_and_rows_are_in_the_store_before_the_batch_is_done(tmp_path
 def test_a_streamed_store_equals_one_written_whole(tmp_path, monkeypatch):
     spec = load_spec(overrides=SMALL)
     train(spec, tmp_path / "whole.zarr")
-    monkeypatch.setattr(lrscan.store, "WEIGHT_CHUNK_BYTES", 1)
+    monkeypatch.setattr(lrscan.store.create, "WEIGHT_CHUNK_BYTES", 1)
     train(spec, tmp_path / "streamed.zarr")
     # Chunking differs; every value, coordinate and checksum is the same.
     assert_stores_identical(tmp_path / "whole.zarr", tmp_path / "streamed.zarr")
@@ -59,7 +59,7 @@ def test_host_memory_is_one_chunk_per_run_not_every_checkpoint(tmp_path, monkeyp
     n_params = sweep.setup.layers[-1].stop
     n_checkpoints = sweep.plan.pretrain.checkpoint_steps.size
     # Room for 4 runs' chunk of one row each, not for 4 runs' every checkpoint.
-    monkeypatch.setattr(lrscan.store, "WEIGHT_CHUNK_BYTES", 4 * n_params)
+    monkeypatch.setattr(lrscan.store.create, "WEIGHT_CHUNK_BYTES", 4 * n_params)
     monkeypatch.setattr(lrscan.train.sweep, "BATCH_BYTES", 4 * 4 * n_params * 2)
     sweep = Sweep(spec, tmp_path / "t.zarr")
     assert n_checkpoints > 2

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import xarray as xr
 
+from lrscan.analyze.progress import block_done  # `lrscan analyze` shows it
 from lrscan.errors import LrscanError
 from lrscan.spec import Spec
 from lrscan.train.engine import batch_norms, project
@@ -52,8 +53,6 @@ def blocks(weights: xr.DataArray, data_index: xr.DataArray, keep: tuple[str, ...
         The block's rows, their values (n, *keep) — only this block's chunks are read — and
         their data indices (n,).
     """
-    from lrscan.analyze.run import block_done  # `lrscan analyze` shows it
-
     runs = weights.isel({dim: 0 for dim in keep}, drop=True)
     data = data_index.broadcast_like(runs).transpose(*runs.dims).values.ravel()
     index = np.indices(runs.shape).reshape(runs.ndim, -1)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections.abc
-import contextvars
 import hashlib
 import inspect
 import json
@@ -16,13 +15,14 @@ from typing import Any, Callable, Iterable, Mapping
 import xarray as xr
 import zarr
 
-import lrscan
 from lrscan.analyze import ANALYZERS
+from lrscan.analyze.progress import reporting
 from lrscan.analyze.solutions import require_complete
 from lrscan.errors import LrscanError
 from lrscan.registry import closest
 from lrscan.spec import toml_value
 from lrscan.store import open_store, runs_digest
+from lrscan.version import __version__ as lrscan_version
 
 
 def fingerprint(tree: xr.DataTree, name: str, options: dict) -> str:
@@ -37,7 +37,7 @@ def fingerprint(tree: xr.DataTree, name: str, options: dict) -> str:
         "spec": tree.attrs["spec"],
         "analyzer": name,
         "options": options,
-        "lrscan": lrscan.__version__,
+        "lrscan": lrscan_version,
         "inputs": {dep: stored[dep].attrs.get("lrscan_fingerprint") for dep in ANALYZERS[name].after if dep in stored},
     }
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
@@ -277,11 +277,8 @@ def analyze(
         else:
             if progress is not None:
                 progress(name, "computing", 0.0)
-            token = _BLOCKS.set(None if blocks is None else (lambda done, total, name=name: blocks(name, done, total)))
-            try:
+            with reporting(None if blocks is None else (lambda done, total, name=name: blocks(name, done, total))):
                 result = ANALYZERS[name](tree, **options.get(name, {}))
-            finally:
-                _BLOCKS.reset(token)
             # The options beside the result, for readers; the fingerprint is what decides.
             used = json.dumps(effective_options(name, options.get(name, {})), sort_keys=True, default=str)
             result.attrs = {**result.attrs, "lrscan_analyzer": name, "lrscan_options": used}
@@ -303,7 +300,7 @@ def record_inputs(store: str | os.PathLike, name: str, runs: str, needs: Iterabl
     try:
         group = zarr.open_group(str(store), path="analysis", mode="r+")
         inputs = dict(group.attrs.get("lrscan_inputs", {}))
-        inputs[name] = {"runs": runs, "needs": list(needs), "version": lrscan.__version__}
+        inputs[name] = {"runs": runs, "needs": list(needs), "version": lrscan_version}
         group.attrs["lrscan_inputs"] = inputs
     except OSError as err:
         raise LrscanError(f"could not write to the store at {store}: {err.strerror or err}") from None
@@ -334,18 +331,6 @@ def record_best(store: str | os.PathLike) -> None:
         zarr.open_group(str(store), path="analysis", mode="r+").attrs["lrscan_best"] = found
     except OSError as err:
         raise LrscanError(f"could not write to the store at {store}: {err.strerror or err}") from None
-
-
-# The block reporter of the analyzer running now (set by :func:`analyze`).
-_BLOCKS: contextvars.ContextVar[Callable[[int, int], None] | None] = contextvars.ContextVar("blocks", default=None)
-
-
-def block_done(done: int, total: int) -> None:
-    """Report that an analyzer has worked through ``done`` of ``total`` solutions (called by
-    :func:`lrscan.analyze.evaluate.blocks`)."""
-    report = _BLOCKS.get()
-    if report is not None:
-        report(done, total)
 
 
 def _why_not(tree: xr.DataTree, name: str, only: Iterable[str] | None) -> str:

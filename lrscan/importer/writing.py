@@ -21,7 +21,6 @@ import numpy as np
 import torch
 import zarr
 
-import lrscan
 from lrscan.errors import LrscanError
 from lrscan.importer.checks import reevaluate
 from lrscan.importer import inference
@@ -32,12 +31,13 @@ from lrscan.importer.patterns import Checkpoint, Scan, scan
 from lrscan.importer.reading import (
     ACCURACY_UNITS, SOURCE, Rename, flatten, load, metrics, named_state, raw_metrics, trace_step,
 )
-from lrscan.models import official_names
+from lrscan.models.entry import official_names
 from lrscan.spec import Spec, parse_override
 from lrscan.store import RunEnd, StoreCheckpoints, StoreWriter, create_or_check, read_spec
 from lrscan.train.engine import Layer, si_norm
 from lrscan.train.loop import METRICS
 from lrscan.train.sweep import Progress, Setup, Sweep
+from lrscan.version import __version__ as lrscan_version
 
 
 @dataclass
@@ -230,7 +230,7 @@ def import_checkpoints(
             "renames": [r.old + "=" + r.new if not r.regex else f"re:{r.old}={r.new}" for r in rules],
             "seed_axis": {"kind": axis.kind, **({"replicates": axis.record()} if axis.kind == "replicate" else {})},
             "radius": None if radius is None else {"value": radius, "from": "the SI-group norm of the files"},
-            "accuracy": units, "metrics": {}, "lrscan_version": lrscan.__version__,
+            "accuracy": units, "metrics": {}, "lrscan_version": lrscan_version,
         }
     result = ImportResult(str(store), spec, unmatched=found.unmatched, excluded=found.excluded, radius=radius,
                           accuracy=units, seed_axis=axis.kind)

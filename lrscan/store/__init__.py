@@ -27,7 +27,7 @@ checkpoint sink, which needs torch and is loaded on first use), :mod:`~lrscan.st
 from lrscan.store.checksum import RunData, canonical_nan, run_checksum, weights_crc
 from lrscan.store.claims import Claim, beside, claims_in_progress
 from lrscan.store.digest import runs_digest
-from lrscan.store.create import check_store, create_or_check, store_path
+from lrscan.store.create import check_store, create_or_check, store_path, weight_chunk_rows
 # The private readers stay importable from here, as from the module this package replaced.
 from lrscan.store.reading import (RUN_DIMS, SCHEMA_VERSION, SWA_METRICS, StoreDamaged, _fs, _require_store,  # noqa: F401
                                   _root_attrs, damage, is_local, open_store, read_spec)
@@ -35,20 +35,11 @@ from lrscan.store.verify import RUN_FLAGS, Problem, verify
 from lrscan.store.writer import RunEnd, StoreWriter, WeightBlock
 
 __all__ = [
-    "RUN_DIMS", "RUN_FLAGS", "SCHEMA_VERSION", "SWA_METRICS", "WEIGHT_CHUNK_BYTES", "Claim", "Problem", "RunData",
+    "RUN_DIMS", "RUN_FLAGS", "SCHEMA_VERSION", "SWA_METRICS", "Claim", "Problem", "RunData",
     "RunEnd", "StoreCheckpoints", "StoreDamaged", "StoreWriter", "WeightBlock", "beside", "canonical_nan",
     "check_store", "claims_in_progress", "create_or_check", "damage", "is_local", "open_store", "read_spec",
     "run_checksum", "runs_digest", "store_path", "verify", "weight_chunk_rows", "weights_crc",
 ]
-
-# Weight chunks hold about this many bytes when a run keeps more than that.
-WEIGHT_CHUNK_BYTES = 8 << 20
-
-
-def weight_chunk_rows(n_rows: int, n_params: int) -> int:
-    """Checkpoints per chunk of a run's weights: about WEIGHT_CHUNK_BYTES, at least one."""
-    return max(1, min(n_rows, WEIGHT_CHUNK_BYTES // (4 * n_params)))
-
 
 def __getattr__(name):
     # The streamed sink subclasses the training loop's, which imports torch: only when used.

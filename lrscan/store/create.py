@@ -15,10 +15,10 @@ import numpy as np
 import xarray as xr
 import zarr
 
-import lrscan
 from lrscan.errors import LrscanError
 from lrscan.spec import Spec
 from lrscan.store.reading import RUN_DIMS, SCHEMA_VERSION, SWA_METRICS, _fs, is_local, read_spec
+from lrscan.version import __version__ as lrscan_version
 
 if TYPE_CHECKING:
     from lrscan.train.engine import Layer
@@ -116,7 +116,7 @@ def _write_skeleton(path: str, plan: "Plan", layers: Sequence["Layer"]) -> None:
     root = zarr.open_group(path, mode="w-", zarr_format=3)
     attrs = {
         "lrscan_schema": SCHEMA_VERSION,
-        "lrscan_version": lrscan.__version__,
+        "lrscan_version": lrscan_version,
         "torch_version": torch.__version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         # Names this store apart from any other made at the same path (snapshots are bound to it).
@@ -187,9 +187,16 @@ def _allocate(path, group, dims, run_coords, time, names, dtype, *, diverged: bo
     ds.to_zarr(str(path), group=group, mode="w", compute=False, consolidated=False, zarr_format=3, encoding=encoding)
 
 
-def _allocate_weights(path, group, dims, run_coords, time, n_params: int) -> None:
-    from lrscan.store import weight_chunk_rows
+# Weight chunks hold about this many bytes when a run keeps more than that.
+WEIGHT_CHUNK_BYTES = 8 << 20
 
+
+def weight_chunk_rows(n_rows: int, n_params: int) -> int:
+    """Checkpoints per chunk of a run's weights: about WEIGHT_CHUNK_BYTES, at least one."""
+    return max(1, min(n_rows, WEIGHT_CHUNK_BYTES // (4 * n_params)))
+
+
+def _allocate_weights(path, group, dims, run_coords, time, n_params: int) -> None:
     (time_dim,) = {v[0] for v in time.values()}
     n_time = len(next(iter(time.values()))[1])
     shape = tuple(len(run_coords[d][1]) for d in dims) + (n_time, n_params)

@@ -9,10 +9,10 @@ import numpy as np
 import xarray as xr
 import zarr
 
-import lrscan
 from lrscan.store.claims import claims_in_progress
 from lrscan.store.digest import runs_digest
 from lrscan.store.reading import RUN_DIMS, _root_attrs, open_store
+from lrscan.version import __version__ as lrscan_version
 
 
 def store_status(path: str | os.PathLike, tree: xr.DataTree | None = None) -> dict:
@@ -78,7 +78,7 @@ def analyses_status(tree: xr.DataTree, path: str | os.PathLike | None = None) ->
                          "its inputs; rerun lrscan analyze to be sure"}
         elif a["lrscan_runs"] != digest(a.get("lrscan_needs", ("pretrain", "swa", "finetune"))):
             out[name] = {"status": "stale", "why": "runs were redone or repaired since; rerun lrscan analyze"}
-        elif a.get("lrscan_version") != lrscan.__version__:
+        elif a.get("lrscan_version") != lrscan_version:
             out[name] = {"status": "stale", "why": f"computed by lrscan {a.get('lrscan_version')}; rerun lrscan analyze"}
         else:
             out[name] = {"status": "up to date", "why": ""}

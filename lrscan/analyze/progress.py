@@ -1,0 +1,30 @@
+"""Progress of the analyzer running now: how many of its solutions it has worked through.
+
+:func:`lrscan.analyze.run.analyze` sets who hears it (:func:`reporting`); the evaluation
+blocks (:func:`lrscan.analyze.evaluate.blocks`) report to them (:func:`block_done`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from typing import Callable, Iterator
+
+_REPORT: contextvars.ContextVar[Callable[[int, int], None] | None] = contextvars.ContextVar("blocks", default=None)
+
+
+@contextlib.contextmanager
+def reporting(report: Callable[[int, int], None] | None) -> Iterator[None]:
+    """Send the :func:`block_done` reports made inside the block to ``report(done, total)``."""
+    token = _REPORT.set(report)
+    try:
+        yield
+    finally:
+        _REPORT.reset(token)
+
+
+def block_done(done: int, total: int) -> None:
+    """Report that the running analyzer has worked through ``done`` of ``total`` solutions."""
+    report = _REPORT.get()
+    if report is not None:
+        report(done, total)
