@@ -115,10 +115,10 @@ def analyze(store, only, workers, scheduler, settings, as_json) -> None:
 @main.command()
 def analyzers() -> None:
     """List the registered analyzers."""
-    from lrscan.analyze import ANALYZERS
+    from lrscan.analyze import summaries
 
-    for name in ANALYZERS:
-        click.echo(f"{name:12s} {ANALYZERS[name].summary}")
+    for name, summary in summaries().items():
+        click.echo(f"{name:12s} {summary}")
 
 
 @main.command()

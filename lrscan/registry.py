@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import difflib
-from importlib.metadata import entry_points
-from typing import Generic, Iterator, TypeVar
+from importlib.metadata import EntryPoint, entry_points
+from typing import Generic, Iterator, Mapping, TypeVar
 
 from lrscan.errors import LrscanError
 
@@ -18,15 +18,27 @@ def closest(name: str, choices) -> str:
 
 
 class Registry(Generic[T]):
-    """Entries registered in code, plus those advertised under an entry-point group.
+    """Entries registered in code, built-in entries named by where they are defined, and those
+    advertised under an entry-point group.
 
-    Entry points load on first lookup, so a plugin that fails to import only
-    breaks the lookups that need it.
+    Built-in entries and entry points load on first lookup, so that knowing the names imports
+    nothing and a plugin that fails to import only breaks the lookups that need it.
+
+    Parameters
+    ----------
+    kind
+        What an entry is, for error messages (``"analyzer"``).
+    group
+        The entry-point group of third-party entries.
+    builtins
+        Built-in entries by name, each as an entry point's object reference
+        (``"module:attribute"``).
     """
 
-    def __init__(self, kind: str, group: str):
+    def __init__(self, kind: str, group: str, builtins: Mapping[str, str] | None = None):
         self.kind = kind
         self.group = group
+        self._builtins = dict(builtins or {})
         self._entries: dict[str, T] = {}
         self._plugins_loaded = False
 
@@ -39,24 +51,26 @@ class Registry(Generic[T]):
             return
         self._plugins_loaded = True
         for ep in entry_points(group=self.group):
-            if ep.name not in self._entries:
+            if ep.name not in self._entries and ep.name not in self._builtins:
                 self._entries[ep.name] = ep.load()
 
     def __getitem__(self, name: str) -> T:
+        if name not in self._entries and name in self._builtins:
+            self._entries[name] = EntryPoint(name, self._builtins[name], self.group).load()
         if name not in self._entries:
             self._load_plugins()
         try:
             return self._entries[name]
         except KeyError:
-            raise LrscanError(
-                f"unknown {self.kind} {name!r}{closest(name, self._entries)}; "
-                f"known: {', '.join(sorted(self._entries))}"
-            ) from None
+            known = sorted(set(self._entries) | set(self._builtins))
+            raise LrscanError(f"unknown {self.kind} {name!r}{closest(name, known)}; known: {', '.join(known)}") from None
 
     def __contains__(self, name: str) -> bool:
+        if name in self._builtins:
+            return True
         self._load_plugins()
         return name in self._entries
 
     def __iter__(self) -> Iterator[str]:
         self._load_plugins()
-        return iter(sorted(self._entries))
+        return iter(sorted(set(self._entries) | set(self._builtins)))

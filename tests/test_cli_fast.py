@@ -251,3 +251,42 @@ def test_a_result_whose_inputs_were_not_recorded_gets_them_on_the_next_analyze(t
     again = cli("analyze", path, "--only", "angles")
     assert "angles       up to date" in again.stderr
     assert json.loads(cli("info", path, "--json").stdout)["analyses"]["angles"]["status"] == "up to date"
+
+
+def test_listing_the_analyzers_imports_none_of_them():
+    script = textwrap.dedent("""
+        import json, sys
+        from click.testing import CliRunner
+        from lrscan.cli import main
+        result = CliRunner().invoke(main, ["analyzers"])
+        loaded = sorted(m for m in sys.modules if m == "torch" or m.startswith("lrscan.analyze."))
+        print(json.dumps([result.exit_code, result.output, loaded]))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    code, output, loaded = json.loads(done.stdout.strip().splitlines()[-1])
+    assert code == 0 and loaded == []
+    from lrscan.analyze import BUILTINS
+
+    assert output.splitlines() == [f"{name:12s} {summary}" for name, (_, summary) in sorted(BUILTINS.items())]
+
+
+def test_the_table_of_builtin_analyzers_is_the_analyzers_themselves():
+    """Every analyzer defined in lrscan.analyze is in BUILTINS, under its function's name, with
+    its module and its docstring's summary, and a lookup finds that very function."""
+    import importlib
+    import pkgutil
+
+    import lrscan.analyze
+    from lrscan.analyze import ANALYZERS, BUILTINS, Analyzer
+
+    found = {}
+    for info in pkgutil.iter_modules(lrscan.analyze.__path__):
+        module = importlib.import_module(f"lrscan.analyze.{info.name}")
+        for name, value in vars(module).items():
+            if isinstance(getattr(value, "analyzer", None), Analyzer) and value.__module__ == module.__name__:
+                found[name] = (module.__name__, value.analyzer.summary)
+    assert found == BUILTINS
+    for name, (module, summary) in BUILTINS.items():
+        assert ANALYZERS[name].func is getattr(importlib.import_module(module), name)
+        assert ANALYZERS[name].summary == summary
