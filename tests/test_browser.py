@@ -3,6 +3,7 @@
 Skipped only when Debian's chromium / chromium-driver are not installed (.ci/run installs them).
 """
 
+import numpy as np
 import pytest
 
 import lrscan
@@ -161,8 +162,14 @@ def test_the_explorer_keeps_its_selection_in_the_url_fits_1280_px_and_rescales(d
         server.stop()
 
 
-@pytest.mark.xfail(strict=True, reason="the views' frames are framewise, yet the served Range1d keeps the first "
-                   "frame's range in the browser: not solved yet (issue 16.2)")
+def run_accuracy_range(tree, plr: float, seed: int) -> tuple[float, float]:
+    """Lowest and highest train or test accuracy (%) of a run's PT and its FT with the first FLR (the explorer's default)."""
+    pt = tree["pretrain/metrics"].to_dataset().sel(plr=plr, seed=seed)
+    ft = tree["finetune/metrics"].to_dataset().sel(plr=plr, seed=seed).isel(flr=0)
+    values = np.concatenate([stage[f"{split}_acc"].values for stage in (pt, ft) for split in ("train", "test")])
+    return 100 * float(np.nanmin(values)), 100 * float(np.nanmax(values))
+
+
 def test_the_explorer_s_axes_follow_the_selection(driver, store):
     port = free_port()
     server = serve(lrscan.open(store), port, block=False)
@@ -175,7 +182,12 @@ def test_the_explorer_s_axes_follow_the_selection(driver, store):
             "const seed = [...doc.all_models].find(m => m.title === 'seed' && m.options !== undefined);"
             "seed.value = '0';")
         wait_for(lambda: "Run PLR 0.1, seed 0: accuracy" in driver.execute_script(TITLES), timeout=30)
-        # The run's curves (another seed's data): their axes take the new data's range.
+        # The run's curves (another seed's data): their axes take the new data's range, not the first one's.
         wait_for(lambda: driver.execute_script(Y_RANGE, "Run PLR") != before, timeout=15)
+        low, high = run_accuracy_range(lrscan.open(store), plr=0.1, seed=0)
+        start, end = driver.execute_script(Y_RANGE, "Run PLR 0.1, seed 0: accuracy")
+        assert start <= low and high <= end, (start, end, low, high)
+        assert end - start <= 1.5 * (high - low), f"the axis ({start}, {end}) is not fitted to ({low}, {high})"
+        assert console_errors(driver) == []
     finally:
         server.stop()

@@ -6,6 +6,7 @@ from urllib.error import URLError
 from urllib.request import urlopen
 
 import numpy as np
+import panel as pn
 import pytest
 import zarr
 from bokeh.models import Plot
@@ -74,9 +75,26 @@ def test_views_rescale_their_axes_with_the_selection(store):
     y = lambda o: o.opts.get("plot", backend="bokeh").kwargs["ylim"]  # noqa: E731
     assert y(low) != y(high)  # each frame brings its own range, and the app draws it framewise
     app = make_app(tree)
-    app.get_root()
+    root = app.get_root()
     panes = [p for p in app.select(lambda o: type(o).__name__ == "HoloViews")]
     assert panes and all(p.object.last.opts.get("norm", backend="bokeh").kwargs.get("framewise") for p in panes)
+    # The served plot's range, which the browser draws, follows the run picked.
+    def accuracy_range(title):
+        plots = [m for m in root.references() if isinstance(m, Plot) and m.title is not None and m.title.text == title]
+        assert len(plots) == 1, title
+        return plots[0].y_range.start, plots[0].y_range.end
+
+    seed = next(w for w in app.select(pn.widgets.Select) if w.name == "seed")
+    for value in (1, 0):
+        seed.value = value
+        start, end = accuracy_range(f"Run PLR 0.003, seed {value}: accuracy")
+        low, high = Views(tree).curves(0.003, float(tree["finetune/metrics"].flr[0]), value, 6.0, "acc").range("accuracy")
+        assert start <= low and high <= end and end - start <= 1.5 * (high - low), (value, start, end, low, high)
+    plr = next(w for w in app.select(pn.widgets.DiscreteSlider) if w.name == "PLR")
+    plr.value = 0.1
+    start, end = accuracy_range("Run PLR 0.1, seed 0: accuracy")
+    low, high = Views(tree).curves(0.1, float(tree["finetune/metrics"].flr[0]), 0, 6.0, "acc").range("accuracy")
+    assert start <= low and high <= end and end - start <= 1.5 * (high - low), (start, end, low, high)
 
 
 def serving(port: int) -> bool:

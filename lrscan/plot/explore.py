@@ -171,10 +171,11 @@ def live(view, **widgets) -> hv.DynamicMap:
     """A view that follows ``widgets``, each frame with axes of its own data's range.
 
     A DynamicMap keeps the ranges of its first frame unless its elements are *framewise*,
-    so that curves would run off the axes when the selection changes.
+    so that curves would run off the axes when the selection changes. Not *axiswise* as well:
+    HoloViews then computes an overlay's ranges once, and the served axes keep the first frame's.
     """
     def frame(**values):
-        framewise = {"framewise": True, "axiswise": True, "backend": "bokeh"}
+        framewise = {"framewise": True, "backend": "bokeh"}
         return view(**values).map(lambda e: e.opts(**framewise), [hv.Element]).opts(**framewise)
 
     return hv.DynamicMap(pn.bind(frame, **widgets))
