@@ -191,3 +191,58 @@ def test_the_explorer_s_axes_follow_the_selection(driver, store):
         assert console_errors(driver) == []
     finally:
         server.stop()
+
+
+# JavaScript: of the plot whose title starts with arguments[0] (null until it is drawn), the labels of its visible legends and
+# their right edges, whether its toolbar moved tools into its overflow menu (⋯), the toolbar's [left,
+# right], the plot's right edge, and the field and factors its bars' colours are mapped from.
+PLOT_KEYS = """
+const views = [], seen = new Set();
+function walk(view) {
+  if (!view || seen.has(view)) return;
+  seen.add(view); views.push(view);
+  for (const child of (view.child_views || [])) walk(child);
+}
+for (const view of Object.values(Bokeh.index)) walk(view);
+const plot = views.find(v => v.model.toolbar && v.model.title && v.model.title.text.startsWith(arguments[0]));
+const toolbar = plot ? plot.owner.find_one(plot.model.toolbar) : null;
+if (!toolbar || !toolbar.el.isConnected) return null;  // not drawn yet
+const m = plot.model, box = plot.el.getBoundingClientRect(), bar = toolbar.el.getBoundingClientRect();
+const legends = [...m.right, ...m.center, ...m.left, ...m.above, ...m.below]
+  .filter(a => a.type === 'Legend' && a.visible).map(a => plot.owner.find_one(a)).filter(v => v);
+const fills = m.renderers.filter(r => r.glyph && r.glyph.type === 'VBar').map(r => r.glyph.fill_color);
+return {
+  labels: legends.flatMap(l => l.model.items.flatMap(i => i.get_labels_list_from_label_prop())),
+  legend_right: legends.map(l => box.left + l.bbox.right),
+  overflow: toolbar.shadow_el.contains(toolbar.overflow_el),
+  toolbar: [bar.left, bar.right],
+  right: box.right,
+  fills: fills.map(f => [f.field, f.transform ? f.transform.factors : null]),
+};
+"""
+
+
+def test_the_explorer_s_bars_have_a_legend_and_every_plot_its_whole_toolbar_at_1280_px(driver, store):
+    port = free_port()
+    server = serve(lrscan.open(store), port, block=False)
+    try:
+        driver.get(f"http://localhost:{port}/?plr=0.1&seed=1&epoch=2")
+        wait_for(lambda: any(t.startswith("Single-feature test accuracy") for t in driver.execute_script(TITLES)),
+                 timeout=60)
+        assert driver.execute_script("return window.innerWidth") == WINDOW[0] == 1280
+        bars = wait_for(lambda: driver.execute_script(PLOT_KEYS, "Single-feature test accuracy"))
+        # Which solution each bar is: a legend names them, in the colours the bars are drawn in.
+        assert bars["labels"] == ["PT", "SWA (K = 3)", "FT (FLR 0.001)"], bars
+        assert bars["fills"] == [["solution", bars["labels"]]], bars
+        assert bars["legend_right"] and max(bars["legend_right"]) <= WINDOW[0], bars
+        titles = [t for t in driver.execute_script(TITLES) if t.startswith(("Test accuracy", "Run PLR", "Error",
+                                                                              "Single-feature"))]
+        assert len(titles) == 5, titles
+        for title in titles:
+            keys = wait_for(lambda: driver.execute_script(PLOT_KEYS, title))
+            # Every tool in view: none folded into the ⋯ menu, the toolbar inside the window.
+            assert not keys["overflow"], f"{title}: the toolbar is cut (tools in its ⋯ menu)"
+            assert 0 <= keys["toolbar"][0] and keys["toolbar"][1] <= WINDOW[0] and keys["right"] <= WINDOW[0], keys
+        assert console_errors(driver) == []
+    finally:
+        server.stop()

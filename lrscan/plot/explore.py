@@ -24,7 +24,7 @@ from lrscan.plot import DEFAULT_PORT
 from lrscan.plot.numbers import fmt
 from lrscan.plot.registry import stored_analyses
 from lrscan.plot.styles import (
-    ALPHA, BAND_ACC, EPOCH, FEATURE_ACC, PANEL_WIDTH, PLR, TEST_ACC, colors, curve, framed, hover_options, pair_name,
+    ALPHA, BAND_ACC, EPOCH, FEATURE_ACC, PANEL_HEIGHT, PANEL_WIDTH, PLR, TEST_ACC, colors, curve, framed, hover_options, pair_name,
     percent, solution_name, study_solutions, style, vs_plr,
 )
 
@@ -158,13 +158,16 @@ class Views:
                 for c in acc[category].values for s in map(str, acc.solution.values)]
         names = list(dict.fromkeys(name for _, name, _ in rows))
         palette = dict(zip(names, colors(len(names), "plasma")))
-        bars = hv.Bars(rows, [category, "solution"], dim)
+        # The solutions' order, in each group of bars as in the legend.
+        bars = hv.Bars(rows, [category, hv.Dimension("solution", values=names)], dim)
         # One label per category on the axis, the solutions told apart by colour in a legend: nested
-        # "category, solution" labels overlap as soon as there are more than a few categories.
-        return style(bars, {"title": f"{title}, PLR {fmt(plr)}, seed {seed}", "ylim": (0, 100),
-                            "color": hv.dim("solution").categorize(palette), "show_legend": True},
-                     {"width": 2 * PANEL_WIDTH, "height": 320, "multi_level": False, "legend_position": "right",
-                      **hover_options(bars)}, {})
+        # "category, solution" labels overlap as soon as there are more than a few categories. Grouped
+        # bars are coloured by their group dimension through ``cmap`` (HoloViews then draws the legend;
+        # a ``color`` expression would colour them in row order, not by solution, and draw none).
+        # The height of the other panels, which holds every tool of the toolbar.
+        return style(bars, {"title": f"{title}, PLR {fmt(plr)}, seed {seed}", "ylim": (0, 100), "show_legend": True},
+                     {"cmap": palette, "width": 2 * PANEL_WIDTH, "height": PANEL_HEIGHT, "multi_level": False,
+                      "legend_position": "right", **hover_options(bars)}, {})
 
 
 def live(view, **widgets) -> hv.DynamicMap:
