@@ -163,7 +163,8 @@ def test_the_explorer_keeps_its_selection_in_the_url_fits_1280_px_and_rescales(d
 
 
 def run_accuracy_range(tree, plr: float, seed: int) -> tuple[float, float]:
-    """Lowest and highest train or test accuracy (%) of a run's PT and its FT with the first FLR (the explorer's default)."""
+    """Lowest and highest train or test accuracy (%) of a run's PT and of its FT with the first FLR (the
+    explorer's default)."""
     pt = tree["pretrain/metrics"].to_dataset().sel(plr=plr, seed=seed)
     ft = tree["finetune/metrics"].to_dataset().sel(plr=plr, seed=seed).isel(flr=0)
     values = np.concatenate([stage[f"{split}_acc"].values for stage in (pt, ft) for split in ("train", "test")])
@@ -187,15 +188,16 @@ def test_the_explorer_s_axes_follow_the_selection(driver, store):
         low, high = run_accuracy_range(lrscan.open(store), plr=0.1, seed=0)
         start, end = driver.execute_script(Y_RANGE, "Run PLR 0.1, seed 0: accuracy")
         assert start <= low and high <= end, (start, end, low, high)
-        assert end - start <= 1.5 * (high - low), f"the axis ({start}, {end}) is not fitted to ({low}, {high})"
+        assert end - start <= 1.5 * (high - low), f"the axis ({start}, {end}) does not fit ({low}, {high})"
         assert console_errors(driver) == []
     finally:
         server.stop()
 
 
-# JavaScript: of the plot whose title starts with arguments[0] (null until it is drawn), the labels of its visible legends and
-# their right edges, whether its toolbar moved tools into its overflow menu (⋯), the toolbar's [left,
-# right], the plot's right edge, and the field and factors its bars' colours are mapped from.
+# JavaScript: of the plot whose title starts with arguments[0] (null until it is drawn), the labels of
+# its visible legends and their right edges, whether its toolbar moved tools into its overflow menu (⋯),
+# the toolbar's [left, right], the plot's right edge, and the field and factors its bars' colours are
+# mapped from.
 PLOT_KEYS = """
 const views = [], seen = new Set();
 function walk(view) {

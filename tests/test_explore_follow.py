@@ -88,7 +88,8 @@ def test_views_rescale_their_axes_with_the_selection(store):
     for value in (1, 0):
         seed.value = value
         start, end = accuracy_range(f"Run PLR 0.003, seed {value}: accuracy")
-        low, high = Views(tree).curves(0.003, float(tree["finetune/metrics"].flr[0]), value, 6.0, "acc").range("accuracy")
+        flr = float(tree["finetune/metrics"].flr[0])
+        low, high = Views(tree).curves(0.003, flr, value, 6.0, "acc").range("accuracy")
         assert start <= low and high <= end and end - start <= 1.5 * (high - low), (value, start, end, low, high)
     plr = next(w for w in app.select(pn.widgets.DiscreteSlider) if w.name == "PLR")
     plr.value = 0.1

@@ -24,8 +24,8 @@ from lrscan.plot import DEFAULT_PORT
 from lrscan.plot.numbers import fmt
 from lrscan.plot.registry import stored_analyses
 from lrscan.plot.styles import (
-    ALPHA, BAND_ACC, EPOCH, FEATURE_ACC, PANEL_HEIGHT, PANEL_WIDTH, PLR, TEST_ACC, colors, curve, framed, hover_options, pair_name,
-    percent, solution_name, study_solutions, style, vs_plr,
+    ALPHA, BAND_ACC, EPOCH, FEATURE_ACC, PANEL_HEIGHT, PANEL_WIDTH, PLR, TEST_ACC, colors, curve, framed, hover_options,
+    pair_name, percent, solution_name, study_solutions, style, vs_plr,
 )
 
 LOSS = hv.Dimension("loss", label="loss (cross-entropy)", unit="nats")
