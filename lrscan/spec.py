@@ -18,6 +18,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+import numpy as np
+
 from lrscan.errors import LrscanError
 from lrscan.options import (MAX_RUNS, boolean, check_options, choice, integer, learning_rate, number, number_list,
                             seeds_list, string)
@@ -321,6 +323,16 @@ def resolve(tables: Mapping[str, Any]) -> Spec:
         model_options=model_options,
         data_options=data_options,
     )
+
+
+def log_grid(low: float, high: float, per_decade: float) -> np.ndarray:
+    """A log-spaced PLR grid from ``low`` to ``high``, both as given: equal steps in log10, as
+    few as keep each step within ``1 / per_decade`` decade (one point when ``low == high``)."""
+    decades = math.log10(high / low)
+    steps = max(1, math.ceil(decades * per_decade - 1e-9)) if high > low else 0
+    grid = np.logspace(math.log10(low), math.log10(high), steps + 1)
+    grid[0], grid[-1] = low, high  # the bounds as given, not as 10 ** log10 gives them back
+    return grid
 
 
 def _grid(name: str, value) -> tuple[float, ...]:

@@ -31,7 +31,8 @@ import xarray as xr
 from lrscan.data import DATASETS
 from lrscan.analyze.run import persist
 from lrscan.errors import LrscanError
-from lrscan.spec import Spec, load_tables, resolve
+from lrscan.options import learning_rate
+from lrscan.spec import Spec, load_tables, log_grid, resolve
 
 # The study's operational convergence: train loss below this within the budget.
 CONVERGENCE_LOSS = 1e-2
@@ -42,19 +43,14 @@ PRETRAIN_ONLY = {"finetune_epochs": 0.0, "finetune_from": None, "swa": [], "chec
 
 
 def fine_grid(low: float, high: float, per_decade: int = PER_DECADE) -> np.ndarray:
-    """A log-spaced PLR grid from ``low`` to ``high`` (both included), about ``per_decade``
-    points per decade (the steps are equal: a whole number of them spans the range)."""
-    for name, value in (("--low", low), ("--high", high)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-            raise LrscanError(f"{name} = {value!r}: learning rates must be positive and finite")
+    """The study's PLR grid from ``low`` to ``high`` (both included), at least ``per_decade``
+    points per decade in equal log steps (:func:`lrscan.spec.log_grid`), the bounds checked."""
+    low, high = learning_rate("--low", low), learning_rate("--high", high)
     if not low < high:
         raise LrscanError(f"--low {low:g} is not below --high {high:g}")
     if isinstance(per_decade, bool) or not isinstance(per_decade, int) or per_decade < 1:
         raise LrscanError(f"--per-decade must be a whole number of at least 1, got {per_decade!r}")
-    steps = max(1, round(per_decade * math.log10(high / low)))
-    grid = np.logspace(math.log10(low), math.log10(high), steps + 1)
-    grid[0], grid[-1] = low, high  # the bounds as given, not as 10 ** log10 gives them back
-    return grid
+    return log_grid(low, high, per_decade)
 
 
 def threshold_spec(
@@ -251,24 +247,6 @@ class ThresholdSearch:
         _persist(result, self.store)
         return Threshold(float(result.threshold), float(result.log10_halfwidth), ends, status,
                          [float(grid[i]) for i in picks], len(picks) * self.cost, result)
-
-
-def locate_threshold(
-    spec: Spec,
-    store: str | os.PathLike,
-    *,
-    budget: float | None = None,
-    loss: float = CONVERGENCE_LOSS,
-    batched: bool | None = None,
-    progress: Callable | None = None,
-    on_round: Callable[[Round], None] | None = None,
-) -> Threshold:
-    """Locate the convergence threshold of ``spec``'s setup by bisection over its PLR grid.
-
-    :class:`ThresholdSearch` ``(spec, store, budget=..., loss=..., batched=...).run(progress,
-    on_round)``; see there.
-    """
-    return ThresholdSearch(spec, store, budget=budget, loss=loss, batched=batched).run(progress, on_round)
 
 
 def _ends(grid: np.ndarray, outcomes: dict[int, bool]) -> tuple[float, float]:

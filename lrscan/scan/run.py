@@ -35,7 +35,7 @@ from lrscan.analyze.regimes import regimes
 from lrscan.analyze.run import persist
 from lrscan.errors import LrscanError
 from lrscan.scan.search import QUANTITIES, Estimate, Observation, Search, Trace, drive
-from lrscan.spec import Spec
+from lrscan.spec import Spec, log_grid
 from lrscan.store import open_store
 from lrscan.train.sweep import Progress, Setup, train
 
@@ -48,15 +48,14 @@ def fine_grid(plr: Sequence[float], per_decade: float) -> tuple[float, ...]:
     """A log-spaced grid of ``per_decade`` PLRs per decade over the range of ``plr``, holding ``plr`` itself.
 
     The spec's own PLRs stay on the grid (so a scan's runs at those PLRs are the runs of the
-    full sweep); log-spaced points closer than a quarter step to one of them are left out.
+    full sweep); points of :func:`lrscan.spec.log_grid` closer than a quarter step to one of
+    them are left out.
     """
     log = np.log10(np.asarray(plr, dtype=float))
-    lo, hi = log.min(), log.max()
-    n = math.ceil((hi - lo) * per_decade - 1e-9) + 1 if hi > lo else 1
-    uniform = np.linspace(lo, hi, n)
-    step = (hi - lo) / (n - 1) if n > 1 else 1.0
-    extra = [u for u in uniform if np.abs(log - u).min() > step / 4]
-    return tuple(float(v) for v in sorted([*map(float, plr), *(10.0**u for u in extra)]))
+    grid = log_grid(min(plr), max(plr), per_decade)
+    step = (log.max() - log.min()) / (len(grid) - 1) if len(grid) > 1 else 1.0
+    extra = [float(v) for v in grid if np.abs(log - math.log10(v)).min() > step / 4]
+    return tuple(sorted([*map(float, plr), *extra]))
 
 
 def pick_flrs(flr: Sequence[float], n: int) -> tuple[float, ...]:
