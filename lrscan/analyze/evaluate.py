@@ -79,7 +79,7 @@ class Evaluator:
         self.setup = Setup.build(spec)
         self.layers = self.setup.layers
         self.radius = spec.radius
-        self.group = "si" if self.setup.entry.update == "sphere" else "trainable"
+        self.group = self.setup.entry.norm_group
         self.data_seeds = list(spec.data_seeds)
 
     @classmethod

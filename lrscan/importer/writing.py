@@ -236,7 +236,7 @@ def import_checkpoints(
                           accuracy=units, seed_axis=axis.kind)
     todo = _plan_runs(root, runs, spec, setup, axis, allow_missing, result)
     paths = lambda files: len({c.path for _, c in files})  # noqa: E731
-    job = _Job(StoreWriter(store), layers, reader, units, radius, "si" if setup.entry.update == "sphere" else "trainable",
+    job = _Job(StoreWriter(store), layers, reader, units, radius, setup.entry.norm_group,
                setup.plan.steps_per_epoch, sum(paths(files) for *_, files in todo), progress,
                "" if accuracy != "auto" else FRACTION_DECIDED)
     for stage, index, files in todo:

@@ -56,6 +56,12 @@ class ModelEntry:
     update: str = "sphere"
     official: Callable[[str, Mapping[str, Any]], str] | None = None
 
+    @property
+    def norm_group(self) -> str:
+        """The parameter group whose norm is the model's weight norm (:func:`lrscan.train.engine.si_norm`):
+        ``"si"`` for a model trained on the sphere, ``"trainable"`` for one that is not."""
+        return "si" if self.update == "sphere" else "trainable"
+
 
 def official_names(entry: ModelEntry, names, options: Mapping[str, Any]) -> dict[str, str]:
     """The study's name of each of ``names`` (lrscan tensor names), or ``{}`` when the entry
