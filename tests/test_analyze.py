@@ -115,6 +115,38 @@ def test_analyze_writes_only_under_analysis(small_spec, tmp_path, digest):
     assert all("lrscan_fingerprint" in node.attrs for node in tree["analysis"].children.values())
 
 
+def test_analyze_opens_the_store_once_and_each_result_as_it_is_written(trained_small, tmp_path, monkeypatch):
+    """One walk over the store's metadata per `lrscan analyze`; later analyzers still read
+    the results written before them (regimes reads metrics), with the same outcome as a
+    store opened afresh."""
+    import shutil
+
+    path = tmp_path / "s.zarr"
+    shutil.copytree(trained_small, path)
+    calls = []
+    real = xr.open_datatree
+    monkeypatch.setattr(xr, "open_datatree", lambda *a, **k: calls.append(a) or real(*a, **k))
+    analyze(path, ["metrics", "barriers", "regimes"])
+    assert len(calls) == 1
+    fresh = lrscan.open(path)
+    computed = ANALYZERS["regimes"](fresh).compute()
+    stored = fresh["analysis/regimes"].to_dataset().load()
+    xr.testing.assert_identical(stored.drop_attrs(), computed.drop_attrs())
+
+
+def test_a_settled_store_reads_its_run_flags_at_once_and_alike(trained_small):
+    from lrscan.store import RUN_FLAGS, open_store
+
+    lazy, settled = open_store(trained_small), open_store(trained_small, settled=True)
+    for stage in ("pretrain", "finetune", "swa"):
+        for name in RUN_FLAGS:
+            if name in lazy[f"{stage}/metrics"]:
+                assert isinstance(settled[f"{stage}/metrics"][name].data, np.ndarray)
+                xr.testing.assert_identical(settled[f"{stage}/metrics"][name], lazy[f"{stage}/metrics"][name].load())
+        # The other variables stay lazy.
+        assert all(hasattr(v.data, "dask") for n, v in settled[f"{stage}/metrics"].data_vars.items() if n not in RUN_FLAGS)
+
+
 def test_an_analysis_cut_short_is_redone(analyzed):
     import zarr
 

@@ -21,18 +21,19 @@ from lrscan.analyze.solutions import require_complete
 from lrscan.errors import LrscanError
 from lrscan.registry import closest
 from lrscan.spec import toml_value
-from lrscan.store import open_store, runs_digest
+from lrscan.store import attach, open_store, runs_digest
 from lrscan.version import __version__ as lrscan_version
 
 
-def fingerprint(tree: xr.DataTree, name: str, options: dict) -> str:
+def fingerprint(tree: xr.DataTree, name: str, options: dict, runs: str | None = None) -> str:
     """What a persisted result depends on: the store, the analyzer, its options, lrscan, the
-    runs it reads as they are now (their checksums: retrained or repaired runs make it stale),
-    and the persisted results it reads (so it is recomputed when they are)."""
+    runs it reads as they are now (their checksums: retrained or repaired runs make it stale;
+    ``runs`` is their :func:`~lrscan.store.runs_digest` when the caller has it already), and
+    the persisted results it reads (so it is recomputed when they are)."""
     stored = tree["analysis"].children if "analysis" in tree.children else {}
     options = effective_options(name, options)
     key = {
-        "runs": runs_digest(tree, ANALYZERS[name].needs),
+        "runs": runs_digest(tree, ANALYZERS[name].needs) if runs is None else runs,
         "store_created": tree.attrs.get("created"),
         "spec": tree.attrs["spec"],
         "analyzer": name,
@@ -259,21 +260,25 @@ def analyze(
         Status of each analyzer run.
     """
     options = check_options(options or {})
-    tree = open_store(store)
+    tree = open_store(store, settled=True)  # opened once; each result is attached as it is written
     require_complete(tree)
     names = plan_analyzers(tree, only)
     for name in options:
         if name not in names:
             raise LrscanError(f"options given for analyzer {name!r}, which does not run: {_why_not(tree, name, only)}")
     status = {}
+    digests: dict[tuple[str, ...], str] = {}  # the runs do not change while a finished store is analysed
     for name in names:
         start = time.perf_counter()
-        key = fingerprint(tree, name, options.get(name, {}))
+        needs = tuple(sorted(ANALYZERS[name].needs))
+        if needs not in digests:
+            digests[needs] = runs_digest(tree, needs)
+        key = fingerprint(tree, name, options.get(name, {}), digests[needs])
         stored = tree["analysis"].children if "analysis" in tree.children else {}
         if name in stored and stored[name].attrs.get("lrscan_fingerprint") == key:
             status[name] = "up to date"
             if name not in tree["analysis"].attrs.get("lrscan_inputs", {}):  # killed before it was recorded
-                record_inputs(store, name, runs_digest(tree, ANALYZERS[name].needs), ANALYZERS[name].needs)
+                record_inputs(store, name, digests[needs], ANALYZERS[name].needs)
         else:
             if progress is not None:
                 progress(name, "computing", 0.0)
@@ -283,13 +288,13 @@ def analyze(
             used = json.dumps(effective_options(name, options.get(name, {})), sort_keys=True, default=str)
             result.attrs = {**result.attrs, "lrscan_analyzer": name, "lrscan_options": used}
             persist(store, name, result, key)
-            record_inputs(store, name, runs_digest(tree, ANALYZERS[name].needs), ANALYZERS[name].needs)
-            tree = open_store(store)  # later analyzers may read this result
+            record_inputs(store, name, digests[needs], ANALYZERS[name].needs)
+            tree = attach(tree, store, f"analysis/{name}")  # later analyzers may read this result
             status[name] = "computed"
         if progress is not None:
             progress(name, status[name], time.perf_counter() - start)
     if "metrics" in status:
-        record_best(store)
+        record_best(store, tree)
     return status
 
 
@@ -306,13 +311,14 @@ def record_inputs(store: str | os.PathLike, name: str, runs: str, needs: Iterabl
         raise LrscanError(f"could not write to the store at {store}: {err.strerror or err}") from None
 
 
-def record_best(store: str | os.PathLike) -> None:
+def record_best(store: str | os.PathLike, tree: xr.DataTree | None = None) -> None:
     """Record the best PLR of each kind (:func:`lrscan.analyze.best.best`) in the ``/analysis``
     group's ``lrscan_best`` attribute, bound to the metrics' fingerprint it was judged from, so
-    that ``lrscan info`` shows it without loading any analyzer."""
+    that ``lrscan info`` shows it without loading any analyzer. ``tree`` is the store opened
+    already, with its analyses as they are now."""
     from lrscan.analyze.best import KINDS, best, plr_scores
 
-    tree = open_store(store)
+    tree = open_store(store) if tree is None else tree
     metrics = tree["analysis/metrics"]
     n_test = tree.attrs["spec"]["data"].get("n_test")
     try:

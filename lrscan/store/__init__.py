@@ -30,16 +30,17 @@ from lrscan.store.digest import runs_digest
 from lrscan.store.create import check_store, create_or_check, store_path, weight_chunk_rows
 # The private readers stay importable from here, as from the module this package replaced.
 from lrscan.store.reading import (RUN_DIMS, SCHEMA_VERSION, SWA_METRICS, StoreDamaged, _fs, _require_store,  # noqa: F401
-                                  _root_attrs, damage, is_local, open_store, read_spec)
+                                  _root_attrs, attach, damage, is_local, open_store, read_spec)
 from lrscan.store.verify import RUN_FLAGS, Problem, verify
 from lrscan.store.writer import RunEnd, StoreWriter, WeightBlock
 
 __all__ = [
-    "RUN_DIMS", "RUN_FLAGS", "SCHEMA_VERSION", "SWA_METRICS", "Claim", "Problem", "RunData",
+    "RUN_DIMS", "RUN_FLAGS", "SCHEMA_VERSION", "SWA_METRICS", "Claim", "attach", "Problem", "RunData",
     "RunEnd", "StoreCheckpoints", "StoreDamaged", "StoreWriter", "WeightBlock", "beside", "canonical_nan",
     "check_store", "claims_in_progress", "create_or_check", "damage", "is_local", "open_store", "read_spec",
     "run_checksum", "runs_digest", "store_path", "verify", "weight_chunk_rows", "weights_crc",
 ]
+
 
 def __getattr__(name):
     # The streamed sink subclasses the training loop's, which imports torch: only when used.

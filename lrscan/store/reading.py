@@ -35,10 +35,40 @@ def is_local(store: str | os.PathLike) -> bool:
     return "file" in (protocol if isinstance(protocol, tuple) else (protocol,))
 
 
-def open_store(path: str | os.PathLike) -> xr.DataTree:
-    """Open a store lazily: every variable is a dask array, nothing is read until computed."""
+# Each run's bookkeeping in its stage's metrics: small arrays chunked one run per chunk, so
+# that concurrent writers never share a chunk.
+RUN_FLAGS = ("done", "checksum", "diverged_epoch")
+
+
+def open_store(path: str | os.PathLike, *, settled: bool = False) -> xr.DataTree:
+    """Open a store lazily: every variable is a dask array, nothing is read until computed.
+
+    ``settled=True`` is for a store that nothing trains any more (``lrscan analyze``): the
+    runs' bookkeeping (:data:`RUN_FLAGS`) is read now, in one pass straight through zarr,
+    rather than through dask one run-sized chunk at a time on every use (0.9 s per read of
+    the default store's fine-tuning flags, against 0.15 s for all of them at once).
+    """
     _require_store(path)
-    return xr.open_datatree(str(path), engine="zarr", chunks={}, consolidated=False)
+    tree = xr.open_datatree(str(path), engine="zarr", chunks={}, consolidated=False)
+    if settled:
+        root = zarr.open_group(str(path), mode="r")
+        for stage in RUN_DIMS:
+            group = f"{stage}/metrics"
+            if stage not in tree.children or "metrics" not in tree[stage].children:
+                continue
+            ds = tree[group].to_dataset()
+            for name in RUN_FLAGS:
+                if name in ds:
+                    ds[name] = ds[name].copy(data=root[f"{group}/{name}"][...])
+            tree[group].dataset = ds
+    return tree
+
+
+def attach(tree: xr.DataTree, path: str | os.PathLike, group: str) -> xr.DataTree:
+    """``tree`` with its node at ``group`` (re)read from the store at ``path``, lazily: what a
+    reader needs after writing one group, without reopening the whole store."""
+    tree[group] = xr.open_dataset(str(path), group=group, engine="zarr", chunks={}, consolidated=False)
+    return tree
 
 
 def read_spec(path: str | os.PathLike) -> Spec:

@@ -11,10 +11,7 @@ import zarr
 
 from lrscan.errors import LrscanError
 from lrscan.store.checksum import RunData
-from lrscan.store.reading import RUN_DIMS, _root_attrs
-
-
-RUN_FLAGS = ("done", "checksum", "diverged_epoch")
+from lrscan.store.reading import RUN_DIMS, RUN_FLAGS, _root_attrs
 
 
 @dataclass(frozen=True)
