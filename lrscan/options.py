@@ -89,8 +89,7 @@ def boolean(name: str, value) -> bool:
 
 
 def choice(name: str, value, choices: tuple[str, ...]) -> str:
-    value = string(name, value)
-    if value not in choices:
+    if not isinstance(value, str) or value not in choices:
         raise LrscanError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
     return value
 

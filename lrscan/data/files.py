@@ -38,7 +38,7 @@ from torch import Tensor
 
 from lrscan.data.entry import Data, DatasetEntry
 from lrscan.errors import LrscanError
-from lrscan.options import integer, seeds_list, string
+from lrscan.options import choice, integer, seeds_list, string
 
 __all__ = ["DEFAULTS", "ENTRY", "KEYS", "NORMALISE", "read"]
 
@@ -299,9 +299,7 @@ def validate(options: dict[str, Any]) -> dict[str, Any]:
     if PLACEHOLDER not in path and len(seeds) > 1:
         raise LrscanError(f"data.seeds lists {len(seeds)} data seeds but data.path has no {PLACEHOLDER}; "
                           f"name one file per data seed, e.g. runs/seed={PLACEHOLDER}/data.pt")
-    if options["normalise"] not in NORMALISE:
-        raise LrscanError(f"data.normalise must be one of {', '.join(map(repr, NORMALISE))}, "
-                          f"got {options['normalise']!r}")
+    options["normalise"] = choice("data.normalise", options["normalise"], NORMALISE)
     options["n_classes"] = integer("data.n_classes", options["n_classes"], minimum=0)
     if options["n_classes"] == 1:
         raise LrscanError("data.n_classes must be 0 (inferred from the labels) or at least 2, got 1")

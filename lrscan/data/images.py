@@ -30,7 +30,7 @@ from torch import Tensor
 from lrscan.data.entry import Data, DatasetEntry, from_pixels, to_pixels
 from lrscan.data.randaugment import rand_augment
 from lrscan.errors import LrscanError
-from lrscan.options import integer, string
+from lrscan.options import boolean, choice, integer, string
 
 __all__ = ["CIFAR10", "CIFAR100", "MEAN", "STD", "AUGMENTS", "crop_flip", "rand_augment_normalised", "make_augment"]
 
@@ -204,14 +204,12 @@ def load(layout: Layout, options: Mapping[str, Any], data_seed: int) -> Data:
 
 def validate(layout: Layout, options: dict[str, Any]) -> dict[str, Any]:
     options["data_dir"] = string("data.data_dir", options["data_dir"])
-    if not isinstance(options["download"], bool):
-        raise LrscanError(f"data.download must be true or false, got {options['download']!r}")
+    options["download"] = boolean("data.download", options["download"])
     for key, most in (("n_train", layout.n_train), ("n_test", layout.n_test)):
         options[key] = integer(f"data.{key}", options[key], minimum=1)
         if options[key] > most:
             raise LrscanError(f"data.{key} must be at most {most} for {layout.name}, got {options[key]}")
-    if options["augment"] not in AUGMENTS:
-        raise LrscanError(f"data.augment must be one of {', '.join(map(repr, AUGMENTS))}, got {options['augment']!r}")
+    options["augment"] = choice("data.augment", options["augment"], AUGMENTS)
     return options
 
 

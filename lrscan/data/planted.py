@@ -34,8 +34,7 @@ from torch import Tensor
 
 from lrscan.data.entry import Data, DatasetEntry, from_pixels
 from lrscan.data.frequency import BAND_NAMES, band_edges, band_filter
-from lrscan.errors import LrscanError
-from lrscan.options import integer, number, seeds_list
+from lrscan.options import choice, integer, number, seeds_list
 
 __all__ = ["DEFAULTS", "ENTRY", "make_planted"]
 
@@ -137,8 +136,7 @@ def validate(options: dict[str, Any]) -> dict[str, Any]:
     options["seeds"] = list(seeds_list("data.seeds", options["seeds"]))
     for key, minimum in (("size", 2), ("channels", 1), ("n_classes", 2), ("n_train", 1), ("n_test", 1)):
         options[key] = integer(f"data.{key}", options[key], minimum=minimum)
-    if options["band"] not in PLANTABLE:
-        raise LrscanError(f"data.band must be one of {', '.join(map(repr, PLANTABLE))}, got {options['band']!r}")
+    options["band"] = choice("data.band", options["band"], PLANTABLE)
     options["signal"] = number("data.signal", options["signal"], positive=True)
     for key in ("band_noise", "noise"):
         options[key] = number(f"data.{key}", options[key], positive=False)

@@ -34,7 +34,7 @@ from torch.nn import functional as F
 
 from lrscan.errors import LrscanError
 from lrscan.models.entry import ModelEntry
-from lrscan.options import integer, number
+from lrscan.options import boolean, integer, number
 
 # F.pad amounts (left, right, top, bottom); a negative amount crops, so each moves the image
 # by one pixel: right, left, down, up.
@@ -190,8 +190,7 @@ def validate(options: dict[str, Any]) -> dict[str, Any]:
     options["dropout"] = number("[model] dropout", options["dropout"], positive=False)
     if options["dropout"] >= 1:
         raise LrscanError(f"[model] dropout must be below 1, got {options['dropout']:g}")
-    if not isinstance(options["si"], bool):
-        raise LrscanError(f"[model] si must be true or false, got {options['si']!r}")
+    options["si"] = boolean("[model] si", options["si"])
     options["weight_decay"] = number("[model] weight_decay", options["weight_decay"], positive=False)
     return options
 
