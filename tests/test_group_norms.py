@@ -15,6 +15,7 @@ from lrscan.spec import load_spec
 from lrscan.store import RunData, StoreWriter, create_or_check
 from lrscan.train.sweep import Setup
 from tests.conftest import SMALL
+from tests.drawn import fills
 
 # Three PLRs, so that a figure can show one per regime; 64 SI channels: hidden.0 and hidden.1, 32 rows of 32 each.
 PLANTED = SMALL + ["plr=[0.003, 0.03, 0.3]"]
@@ -236,3 +237,15 @@ def test_figure_has_a_panel_per_point_with_one_plr_per_regime(store, tmp_path):
     image = Image.open(png).convert("L")
     assert image.size == figure_size(obj) == (2 * PANEL_WIDTH, 2 * PANEL_HEIGHT)
     assert (np.asarray(image) < 250).mean() > 0.05
+
+
+def test_the_html_and_the_png_draw_each_plr_in_the_same_colours(store):
+    analyze(store, ["group_norms"])
+    obj = group_norms(with_regimes(lrscan.open(store), ["1", "2A", "3"]))
+    html, png = fills(obj, "bokeh"), fills(obj, "matplotlib")
+    assert len(html) == 3 * 3  # a histogram per PLR in each point's panel
+    assert html == png
+    # One colour per PLR, the same in every panel.
+    assert len(set(html.values())) == 3
+    assert {label: colours for (_, _, label), colours in html.items()} == {
+        label: colours for (panel, _, label), colours in html.items() if panel == 0}

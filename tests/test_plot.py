@@ -23,6 +23,7 @@ from lrscan.plot.registry import FIGURES
 from lrscan.plot.commands import explore, plot
 from lrscan.plot.explore import Views, check_port, make_app
 from tests.browser import analyzed_store, free_port, written_figures
+from tests.drawn import fills
 
 # The (x, y) dimensions of each panel of each figure.
 PANELS = {
@@ -325,3 +326,12 @@ def test_explore_serves_until_ctrl_c_and_stops_cleanly(store):
     assert result.stderr.splitlines() == [f"serving {store} at http://localhost:{port} (Ctrl-C to stop)", "stopped"]
     assert signal.getsignal(signal.SIGINT) is handler
     check_port(port)  # released
+
+
+@pytest.mark.parametrize("name", list(PANELS))
+def test_the_html_and_the_png_fill_each_area_in_the_same_colour(tree, name):
+    obj = getattr(lrscan.plot, name)(tree)
+    html, png = fills(obj, "bokeh"), fills(obj, "matplotlib")
+    assert html == png
+    if name in ("pt_accuracy", "group_norms"):  # a band of ± std; a histogram per PLR
+        assert html

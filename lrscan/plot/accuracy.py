@@ -13,8 +13,8 @@ from lrscan.errors import LrscanError
 from lrscan.plot.numbers import fmt
 from lrscan.plot.registry import figure, load_analysis
 from lrscan.plot.styles import (
-    EPOCH, FLR, PLR, SE, SHADING, SPREAD, SWA_K, TEST_ACC, TRAIN_LOSS, colored_lines, colors, curve, framed, layout,
-    limits, percent, style, vs_plr,
+    EPOCH, FLR, PLR, SE, SHADING, SPREAD, SWA_K, TEST_ACC, TRAIN_LOSS, colored_lines, colors, curve, filled, framed,
+    layout, limits, percent, style, vs_plr,
 )
 
 
@@ -41,8 +41,8 @@ def pt_accuracy(tree: xr.DataTree) -> hv.Overlay:
     # The std over every (seed, epoch) of the window: within-seed variance plus that of the seed means.
     std = np.sqrt((m.pt_test_acc_std**2 + (m.pt_test_acc_mean - mean) ** 2).mean("seed"))
     acc, spread = percent(mean), percent(std)
-    band = style(hv.Spread((plr, acc, spread), PLR, [TEST_ACC, SPREAD]), {"color": "#4C72B0", "alpha": 0.25},
-                 {"line_alpha": 0})
+    band = filled(hv.Spread((plr, acc, spread), PLR, [TEST_ACC, SPREAD]), "#4C72B0", 0.25, {"line_alpha": 0},
+                  {"linewidth": 0})
     seeds = style(hv.Scatter((np.repeat(plr, m.sizes["seed"]), percent(m.pt_test_acc_mean).ravel()),
                              PLR, TEST_ACC, label="seeds"), {"color": "#222222", "alpha": 0.5}, {"size": 4}, {"s": 9})
     mean_curve = curve(plr, acc, PLR, TEST_ACC, "mean ± std", "#4C72B0")

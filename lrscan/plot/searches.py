@@ -11,7 +11,7 @@ import xarray as xr
 from lrscan.plot.numbers import fmt
 from lrscan.plot.registry import figure, load_analysis
 from lrscan.plot.styles import (
-    PLR, REGIME_COLORS, SPREAD, TEST_ACC, curve, framed, layout, limits, percent, plr_edges, spans_of, style,
+    PLR, REGIME_COLORS, SPREAD, TEST_ACC, curve, filled, framed, layout, limits, percent, plr_edges, spans_of, style,
     vs_plr,
 )
 
@@ -44,8 +44,8 @@ def threshold(tree: xr.DataTree) -> hv.Overlay:
     mean, std = epochs.mean("seed").values, epochs.std("seed").fillna(0).values
     dim = hv.Dimension("epochs_to_converge", label=f"epochs to train loss < {fmt(loss)}", unit="epochs")
     shown = np.where(every, mean, np.nan)  # a mean only where every seed converged
-    band = style(hv.Spread((plr[every], mean[every], std[every]), PLR, [dim, SPREAD]),
-                 {"color": "#4C72B0", "alpha": 0.25}, {"line_alpha": 0})
+    band = filled(hv.Spread((plr[every], mean[every], std[every]), PLR, [dim, SPREAD]), "#4C72B0", 0.25,
+                  {"line_alpha": 0}, {"linewidth": 0})
     runs = np.repeat(plr, epochs.sizes["seed"])
     values = epochs.values.ravel()
     seeds = style(hv.Scatter((runs[np.isfinite(values)], values[np.isfinite(values)]), PLR, dim, label="seeds"),

@@ -14,8 +14,8 @@ from lrscan.plot.numbers import fmt
 from lrscan.plot.registry import figure, load_analysis
 from lrscan.plot.styles import (
     ANGLE, BAND_ACC, BARRIER_FLOOR, CHANNELS, FEATURE_ACC, LOG_NORM, PAIR, PLR, SHADING, SPARSITY, TEST_BARRIER,
-    TRAIN_BARRIER, colored_lines, colors, curve, framed, layout, limits, pair_name, percent, plr_edges, regime_spans,
-    solution_name, study_solutions, style, vs_plr,
+    TRAIN_BARRIER, colored_lines, colors, curve, filled, framed, layout, limits, pair_name, percent, plr_edges,
+    regime_spans, solution_name, study_solutions, style, vs_plr,
 )
 
 
@@ -207,9 +207,10 @@ def group_norms(tree: xr.DataTree) -> hv.Layout:
     top = np.nanmax(share.sel(plr=chosen, point=points).values, initial=1.0)
     panels = []
     for point in points:
-        histograms = [style(hv.Histogram((edges, share.sel(point=point, plr=p).values), kdims=[LOG_NORM],
-                                         vdims=[CHANNELS], label=name), {"color": c, "alpha": 0.35},
-                            {"line_color": c, "line_width": 1.5}, {"edgecolor": c, "linewidth": 1.2})
+        # Each PLR in its colour of the palette, in the HTML as in the PNG (:func:`filled`).
+        histograms = [filled(hv.Histogram((edges, share.sel(point=point, plr=p).values), kdims=[LOG_NORM],
+                                          vdims=[CHANNELS], label=name), c, 0.35,
+                             {"line_width": 1.5}, {"linewidth": 1.2})
                       for p, name, c in zip(chosen, names, palette)]
         title = NORM_POINTS[point]
         if point == "finetune" and "finetune_flr" in attrs:

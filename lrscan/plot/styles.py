@@ -67,6 +67,16 @@ def style(obj, common: dict | None = None, bokeh: dict | None = None, mpl: dict 
     return obj
 
 
+def filled(obj, color: str, alpha: float, bokeh: dict | None = None, mpl: dict | None = None):
+    """An area (a histogram's bars, a band) filled and edged in ``color`` at ``alpha``, alike in both backends.
+
+    Each backend by its own names: matplotlib fills an area with ``facecolor``, whose default (the
+    colour cycle) would win over a ``color`` option, so that the PNG drew other colours than the HTML.
+    """
+    return style(obj, {"alpha": alpha}, {"fill_color": color, "line_color": color, **(bokeh or {})},
+                 {"facecolor": color, "edgecolor": color, **(mpl or {})})
+
+
 def colors(n: int, cmap: str = "viridis") -> list[str]:
     """``n`` colours spread over a colormap (its bright yellow end left out: unreadable on white)."""
     colormap = matplotlib.colormaps[cmap]
