@@ -16,7 +16,7 @@ import functools
 import numpy as np
 import xarray as xr
 
-from lrscan.units import annotate
+from lrscan.units import annotate, label
 
 # Relative tolerance of `sel`: labels print 3 significant digits, so a printed 0.0075 stands for 0.00749894.
 RTOL = 1e-3
@@ -78,7 +78,8 @@ class LrscanAccessor:
         @functools.wraps(entry.func)
         def analysis(**options):
             stored = persisted(tree, name, options)
-            return annotate(stored if stored is not None else entry.func(tree, **options))
+            # Labelled by name, as persisted: not with the long names the inputs passed on.
+            return label(stored if stored is not None else entry.func(tree, **options))
 
         return analysis
 

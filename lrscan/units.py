@@ -3,8 +3,12 @@ hvPlot label their axes in the study's words.
 
 Accuracies and errors stay what they are stored as — fractions (``units: "1"``), except the
 barriers and path errors, which the analyzers give in % — and figures show them in %.
-:func:`annotate` sets the attributes on a Dataset or on every node of a DataTree, keeping
-any a variable already has. Needs nothing beyond xarray.
+
+:func:`label` sets them from the table by each variable's own name, over any it has, so that a
+result computed from labelled inputs does not keep what it inherited from them (``ft_test_acc``
+is "FT test accuracy", not its input's "test accuracy"); the accessor's results are labelled so.
+:func:`annotate` sets them on a Dataset or on every node of a DataTree where a variable has none,
+keeping any a variable has (one a user labelled). Needs nothing beyond xarray.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ COORDS = {
     "point": (None, "point of training"),
     "bin": ("1", "histogram bin"),
     "param": ("1", "index into the flattened trainable parameters"),
+    "layer": (None, "tensor of the model (a parameter or a float buffer)"),
 }
 # Variables whose meaning the rules below would not say, by name.
 NAMES = {
@@ -59,6 +64,15 @@ NAMES = {
     "regime_share": ("1", "share of seeds in each regime"),
     "swa_best_k": ("1", "K of the best SWA solution"),
     "converged": ("1", "converged"),
+    # The layer table: each tensor's place along param.
+    "start": ("1", "first index of the tensor along param"),
+    "stop": ("1", "index after the tensor's last along param"),
+    "shape": (None, "shape of the tensor"),
+    "si": (None, "whether the tensor is in the scale-invariant (SI) group"),
+    "trainable": (None, "whether the tensor is trained"),
+    "buffer": (None, "whether the tensor is a float buffer (BatchNorm running statistics)"),
+    "train_seed": ("1", "seed of the run's training"),
+    "data_seed": ("1", "seed of the run's data"),
 }
 STAGES = {"pt": "PT", "ft": "FT", "swa": "SWA"}
 SPLITS = {"train": "train", "test": "test", "running_train": "running train"}
@@ -89,11 +103,44 @@ def describe(name: str) -> tuple[str | None, str]:
     return "1", (prefix + rest.replace("_", " ")).strip()
 
 
-def _annotate(variable: xr.DataArray, name: str) -> None:
+def _annotate(variable: xr.Variable, name: str, overwrite: bool = False) -> None:
     units, long_name = describe(name)
+    numeric = units is not None and variable.dtype.kind in "fiub"
+    if overwrite:
+        variable.attrs["long_name"] = long_name
+        if numeric:
+            variable.attrs["units"] = units
+        else:
+            variable.attrs.pop("units", None)  # inherited: not this variable's
+        return
     variable.attrs.setdefault("long_name", long_name)
-    if units is not None and variable.dtype.kind in "fiub":
+    if numeric:
         variable.attrs.setdefault("units", units)
+
+
+@singledispatch
+def label(obj):
+    """``obj`` with ``units`` and ``long_name`` of every variable and coordinate set from the table by its
+    own name (:func:`describe`), replacing those it has (inherited from inputs, say). A shallow copy:
+    the data is shared, while ``obj``, and the variables it shares with others, keep their attributes."""
+    raise TypeError(f"cannot label a {type(obj).__name__}")
+
+
+@label.register
+def _(obj: xr.Dataset) -> xr.Dataset:
+    obj = obj.copy(deep=False)
+    for name, variable in obj.variables.items():
+        _annotate(variable, str(name), overwrite=True)
+    return obj
+
+
+@label.register
+def _(obj: xr.DataArray) -> xr.DataArray:
+    obj = obj.copy(deep=False)
+    _annotate(obj.variable, str(obj.name), overwrite=True)
+    for name, coord in obj.coords.items():
+        _annotate(coord.variable, str(name), overwrite=True)
+    return obj
 
 
 @singledispatch

@@ -8,7 +8,7 @@ import xarray as xr
 
 import lrscan
 from lrscan.accessor import persisted
-from lrscan.units import annotate, describe
+from lrscan.units import annotate, describe, label
 from tests.browser import analyzed_store
 
 
@@ -35,6 +35,25 @@ def test_every_stored_and_analysed_variable_has_a_long_name_and_numbers_have_uni
     assert tree["analysis/metrics"]["ft_test_acc"].attrs["long_name"] == "FT test accuracy"
     assert tree["pretrain/metrics"]["train_loss"].attrs["units"] == "nats"
     assert tree["pretrain/metrics"].plr.attrs["long_name"].startswith("pre-training learning rate")
+
+
+def test_label_sets_each_variable_s_own_attributes_over_inherited_ones():
+    inherited = {"units": "1", "long_name": "test accuracy"}
+    ds = xr.Dataset({"ft_test_acc": ("plr", [0.5], inherited), "regime": ("plr", np.array(["3"], dtype=object),
+                                                                           inherited)}, coords={"plr": [0.1]})
+    labelled = label(ds)
+    assert labelled.ft_test_acc.attrs == {"units": "1", "long_name": "FT test accuracy"}
+    assert labelled.regime.attrs == {"long_name": "regime"}  # no units: a name, not a number
+    assert labelled.plr.attrs["long_name"] == "pre-training learning rate (effective)"
+    assert ds.ft_test_acc.attrs == inherited  # a copy: what it was made from keeps its own
+    assert label(ds.ft_test_acc).attrs["long_name"] == "FT test accuracy"
+
+
+def test_a_result_the_accessor_computes_is_labelled_by_name_not_by_its_inputs(store):
+    tree = annotate(lrscan.open(store))  # inputs with long names, as a labelled store's are
+    computed = tree.lrscan.metrics(window=2.0)  # other options than the persisted result's: computed
+    assert computed.ft_test_acc.attrs == {"units": "1", "long_name": "FT test accuracy"}
+    assert computed.pt_test_loss.attrs["long_name"] == "PT test loss (cross-entropy)"
 
 
 def test_xarray_labels_its_axes_with_the_long_names():
