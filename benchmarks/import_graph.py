@@ -1,11 +1,13 @@
 """Print lrscan's module import graph problems: import cycles, modules over the size limit and
 modules without a docstring (which should say the module's one job).
 
-Every import counts, at module level or inside a function (a function-level import still ties the
-two modules together). Relative imports are resolved, and `from pkg import name` counts as an import
+Every import counts, at module level, inside a function (a function-level import still ties the
+two modules together) or under ``if TYPE_CHECKING:``. Relative imports are resolved, and `from pkg import name` counts as an import
 of `pkg.name` where `name` is a submodule and of `pkg` otherwise. The implicit import of a parent
 package (Python runs `pkg/__init__.py` before `pkg.mod`) is not counted: every submodule would
 otherwise form a cycle with a package whose `__init__` imports it.
+A registry's reference to a built-in entry by name (``"lrscan.analyze.metrics:metrics.analyzer"``,
+loaded on first lookup as an entry point is) is data, not an import statement, and is not counted.
 
 Usage: python benchmarks/import_graph.py [PACKAGE_DIR] [--json]
 Exit status 1 when there is a cycle, 0 otherwise (the other findings are reported, not failed on).
