@@ -117,6 +117,32 @@ def test_a_step_on_positions_gathers_inside_the_compiled_step_and_equals_a_step_
     torch.testing.assert_close(gathered.flat(), given.flat(), rtol=1e-6, atol=1e-7)
 
 
+def test_evaluate_cuts_runs_into_equal_chunks_and_scores_a_run_alike_alone_and_in_a_batch(small_spec, monkeypatch):
+    """Five runs in chunks of at most 4 go as 3 + 3 (the last padded), not 4 + 1 padded to 4;
+    samples go in blocks of eval_samples on the CPU; each run's scores equal its own engine's,
+    bit for bit, whether its chunk's datasets are one (broadcast) or several (gathered)."""
+    import lrscan.train.engine as engine_module
+    from lrscan.train.engine import eval_samples
+
+    monkeypatch.setattr(engine_module, "CPU_EVAL_SAMPLES", 48)  # the small test set is 128 samples
+    setup, engine, data = small_engine(small_spec, elr=(0.01, 0.03, 0.1, 0.3, 1.0))
+    shapes = []
+    real = engine._eval
+    engine._eval = lambda params, x, y: shapes.append(tuple(x.shape[:2])) or real(params, x, y)
+    n = data.x_test.shape[1]
+    loss, acc = engine.evaluate(data.x_test, data.y_test, torch.zeros(5, dtype=torch.long), chunk=4)
+    blocks = [min(eval_samples("cpu"), n - first) for first in range(0, n, eval_samples("cpu"))]
+    assert shapes == [(3, b) for b in blocks] * 2
+    two = (torch.cat([data.x_test, data.x_test]), torch.cat([data.y_test, data.y_test]))
+    which = torch.tensor([0, 1, 0, 1, 1])
+    gathered = engine.evaluate(*two, which, chunk=4)
+    for m in range(5):
+        alone = Engine(setup.entry, setup.module, engine.flat()[m : m + 1], setup.spec.radius, batched=True)
+        one = alone.evaluate(data.x_test, data.y_test, torch.zeros(1, dtype=torch.long), chunk=4)
+        assert (one[0].item(), one[1].item()) == (loss[m].item(), acc[m].item()) == (gathered[0][m].item(),
+                                                                                      gathered[1][m].item())
+
+
 def test_same_spec_gives_an_identical_store(small_spec, tmp_path):
     spec = small_spec()
     train(spec, tmp_path / "a.zarr")

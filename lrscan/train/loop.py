@@ -22,7 +22,7 @@ from lrscan.train.plan import Stage
 
 # Runs evaluated together (at most): on the 2-core AMD EPYC development machine, evaluating 256
 # MLP runs on the synthetic sets took 5.3x less CPU time in chunks of 128 than of 8
-# (Engine.evaluate takes fewer when the engine has fewer runs: one chunk, no padding).
+# (Engine.evaluate cuts its runs into equal chunks of at most this many).
 EVAL_CHUNK = 128
 # Losses, accuracies and weight_norm are evaluations at the logged step (BatchNorm in eval mode);
 # grad_norm and running_train_* are means over the steps since the previous row of what each
