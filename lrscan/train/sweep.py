@@ -126,7 +126,6 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-STAGES = ("pretrain", "swa", "finetune")
 # Seconds between looks at batches another process is training.
 POLL = 1.0
 
