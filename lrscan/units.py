@@ -4,11 +4,13 @@ hvPlot label their axes in the study's words.
 Accuracies and errors stay what they are stored as — fractions (``units: "1"``), except the
 barriers and path errors, which the analyzers give in % — and figures show them in %.
 
-:func:`label` sets them from the table by each variable's own name, over any it has, so that a
+:func:`label` sets them from the table by each variable's own name, over any it has: the store
+writes its variables so, when it is created and when an analysis result is persisted, and a
 result computed from labelled inputs does not keep what it inherited from them (``ft_test_acc``
-is "FT test accuracy", not its input's "test accuracy"); the accessor's results are labelled so.
-:func:`annotate` sets them on a Dataset or on every node of a DataTree where a variable has none,
-keeping any a variable has (one a user labelled). Needs nothing beyond xarray.
+is "FT test accuracy", not its input's "test accuracy"); analyzers' and the accessor's results
+are labelled so. :func:`annotate` sets them on a Dataset or on every node of a DataTree where a
+variable has none (a store made before they were written), keeping any a variable has (one a
+user labelled). Needs nothing beyond xarray.
 """
 
 from __future__ import annotations

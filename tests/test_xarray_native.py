@@ -9,7 +9,7 @@ import xarray as xr
 import lrscan
 from lrscan.accessor import persisted
 from lrscan.units import annotate, describe, label
-from tests.browser import analyzed_store
+from tests.browser import ANALYSES, analyzed_store
 
 
 # Numbers that name things rather than measure them: no units (CF leaves them out).
@@ -35,6 +35,30 @@ def test_every_stored_and_analysed_variable_has_a_long_name_and_numbers_have_uni
     assert tree["analysis/metrics"]["ft_test_acc"].attrs["long_name"] == "FT test accuracy"
     assert tree["pretrain/metrics"]["train_loss"].attrs["units"] == "nats"
     assert tree["pretrain/metrics"].plr.attrs["long_name"].startswith("pre-training learning rate")
+
+
+def test_the_store_itself_holds_each_variable_s_units_and_long_name(store):
+    # Plain xarray, no lrscan: what any reader of the store sees.
+    tree = xr.open_datatree(str(store), engine="zarr", consolidated=False)
+    nodes = {node.path: node for node in tree.subtree if node.dataset.data_vars}
+    assert {"/pretrain/metrics", "/pretrain/weights", "/finetune/metrics", "/finetune/weights", "/swa/metrics",
+            "/swa/weights", "/layers", *(f"/analysis/{name}" for name in ANALYSES)} <= set(nodes)
+    for path, node in nodes.items():
+        for name, variable in node.dataset.variables.items():
+            units, long_name = describe(str(name))  # each by its own name, whatever its inputs were
+            assert variable.attrs.get("long_name") == long_name, f"{path}/{name}: {variable.attrs}"
+            if units is not None and variable.dtype.kind in "fiub":
+                assert variable.attrs.get("units") == units, f"{path}/{name}: {variable.attrs}"
+            else:
+                assert "units" not in variable.attrs, f"{path}/{name}: {variable.attrs}"
+    assert tree["pretrain/metrics"]["test_acc"].attrs["long_name"] == "test accuracy"
+    assert tree["analysis/metrics"]["ft_test_acc"].attrs["long_name"] == "FT test accuracy"  # not its input's
+    assert tree["analysis/angles"]["angle"].attrs["units"] == "rad"
+    assert tree["analysis/barriers"]["test_barrier"].attrs["units"] == "%"
+    # annotate() leaves a labelled store as it is.
+    annotated, plain = annotate(lrscan.open(store)), lrscan.open(store)
+    for path in nodes:
+        xr.testing.assert_identical(annotated[path].to_dataset(), plain[path].to_dataset())
 
 
 def test_label_sets_each_variable_s_own_attributes_over_inherited_ones():

@@ -22,6 +22,7 @@ from lrscan.errors import LrscanError
 from lrscan.registry import closest
 from lrscan.spec import toml_value
 from lrscan.store import attach, open_store, runs_digest
+from lrscan.units import label
 from lrscan.version import __version__ as lrscan_version
 
 
@@ -351,12 +352,13 @@ def _why_not(tree: xr.DataTree, name: str, only: Iterable[str] | None) -> str:
 def persist(store: str | os.PathLike, name: str, result: xr.Dataset, key: str) -> None:
     """Write ``result`` under ``/analysis/<name>``, then its fingerprint ``key``.
 
-    The fingerprint goes last: a result cut short by a crash has none, so it is redone (and
-    not drawn).
+    Each variable is written with the ``units`` and ``long_name`` of its own name
+    (:func:`lrscan.units.label`), not those it inherited from the inputs. The fingerprint goes
+    last: a result cut short by a crash has none, so it is redone (and not drawn).
     """
     group = f"analysis/{name}"
     try:
-        _uniform_chunks(result).to_zarr(str(store), group=group, mode="w", consolidated=False, zarr_format=3)
+        _uniform_chunks(label(result)).to_zarr(str(store), group=group, mode="w", consolidated=False, zarr_format=3)
         zarr.open_group(str(store), path=group, mode="r+").attrs["lrscan_fingerprint"] = key
     except OSError as err:
         raise LrscanError(f"could not write /analysis/{name} to the store at {store}: {err.strerror or err}; "

@@ -18,6 +18,7 @@ import zarr
 from lrscan.errors import LrscanError
 from lrscan.spec import Spec
 from lrscan.store.reading import RUN_DIMS, SCHEMA_VERSION, SWA_METRICS, _fs, is_local, read_spec
+from lrscan.units import label
 from lrscan.version import __version__ as lrscan_version
 
 if TYPE_CHECKING:
@@ -108,6 +109,8 @@ def _remove_dead_creations(path: Path) -> None:
 
 
 def _write_skeleton(path: str, plan: "Plan", layers: Sequence["Layer"]) -> None:
+    """Pre-allocate every group of a store; each variable carries its ``units`` and ``long_name``
+    (:func:`lrscan.units.label`), so that the trainer's stores and the importer's are alike."""
     import torch
 
     from lrscan.train.loop import METRICS
@@ -137,7 +140,7 @@ def _write_skeleton(path: str, plan: "Plan", layers: Sequence["Layer"]) -> None:
         coords={"layer": np.array([l.name for l in layers], dtype=object)},
         attrs={"description": "layout of the flat parameter vector (dim param) of every weights array"},
     )
-    table.to_zarr(str(path), group="layers", mode="w", consolidated=False, zarr_format=3)
+    label(table).to_zarr(str(path), group="layers", mode="w", consolidated=False, zarr_format=3)
 
     seeds = {
         "seed": ("seed", np.array([r.seed for r in plan.runs])),
@@ -183,7 +186,7 @@ def _allocate(path, group, dims, run_coords, time, names, dtype, *, diverged: bo
     if diverged:
         data["diverged_epoch"] = (dims, da.full(run_shape, np.nan, dtype=np.float64, chunks=run_chunks))
         encoding["diverged_epoch"] = {"_FillValue": np.nan}
-    ds = xr.Dataset(data, coords=_coords(dims, run_coords, time))
+    ds = label(xr.Dataset(data, coords=_coords(dims, run_coords, time)))
     ds.to_zarr(str(path), group=group, mode="w", compute=False, consolidated=False, zarr_format=3, encoding=encoding)
 
 
@@ -201,10 +204,10 @@ def _allocate_weights(path, group, dims, run_coords, time, n_params: int) -> Non
     n_time = len(next(iter(time.values()))[1])
     shape = tuple(len(run_coords[d][1]) for d in dims) + (n_time, n_params)
     chunks = (1,) * len(dims) + (weight_chunk_rows(n_time, n_params), n_params)
-    ds = xr.Dataset(
+    ds = label(xr.Dataset(
         {"weights": (dims + (time_dim, "param"), da.full(shape, np.nan, dtype=np.float32, chunks=chunks))},
         coords=_coords(dims, run_coords, {**time, "param": ("param", np.arange(n_params))}),
-    )
+    ))
     ds.to_zarr(
         str(path), group=group, mode="w", compute=False, consolidated=False, zarr_format=3,
         encoding={"weights": {"_FillValue": np.nan}},
