@@ -13,9 +13,7 @@ The explorer is :func:`lrscan.plot.explore.make_app` / :func:`~lrscan.plot.explo
 figure, so that the command line starts fast.
 """
 
-DEFAULT_PORT = 5006
-# The image formats `lrscan plot --format` writes besides the HTML (matplotlib infers each from the file's suffix).
-IMAGE_FORMATS = ("png", "svg", "pdf")
+from lrscan.plot.defaults import DEFAULT_PORT, IMAGE_FORMATS  # noqa: F401
 
 __all__ = ["FIGURES", "features", "frequency", "ft_accuracy", "geometry", "group_norms", "pt_accuracy",
            "scan", "sharpness", "summary", "swa_accuracy", "threshold", "training_curves", "two_stage", "write_figures"]

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from lrscan.cliutil import UserError, default_store, user_errors
-from lrscan.plot import DEFAULT_PORT, IMAGE_FORMATS
+from lrscan.plot.defaults import DEFAULT_PORT, IMAGE_FORMATS
 
 
 def figures_dir(store: str) -> Path:

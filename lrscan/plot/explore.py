@@ -20,7 +20,7 @@ import xarray as xr
 
 from lrscan.analyze.solutions import label
 from lrscan.errors import LrscanError
-from lrscan.plot import DEFAULT_PORT
+from lrscan.plot.defaults import DEFAULT_PORT
 from lrscan.plot.numbers import fmt
 from lrscan.plot.registry import stored_analyses
 from lrscan.plot.styles import (

@@ -12,7 +12,7 @@ import holoviews as hv
 import xarray as xr
 
 from lrscan.errors import LrscanError
-from lrscan.plot import IMAGE_FORMATS
+from lrscan.plot.defaults import IMAGE_FORMATS
 from lrscan.plot import accuracy, searches, solutions  # noqa: F401 (importing a figure module registers its figures)
 from lrscan.plot.numbers import fmt
 from lrscan.plot.registry import FIGURES, stored_analyses
