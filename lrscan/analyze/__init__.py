@@ -65,7 +65,11 @@ class Analyzer:
         return self.missing(tree) is None
 
     def __call__(self, tree: xr.DataTree, **options) -> xr.Dataset:
-        return self.func(tree, **options)
+        """The analyzer's result, each variable with the ``units`` and ``long_name`` of its own
+        name (:func:`lrscan.units.label`), as it is persisted."""
+        from lrscan.units import label
+
+        return label(self.func(tree, **options))
 
 
 # The built-in analyzers: name -> (the module that defines the function of that name, its
