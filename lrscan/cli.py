@@ -133,7 +133,7 @@ def info(store, as_json) -> None:
 
     path = store_argument(store, default_store(None, None))
     state = store_status(path)
-    lines = summarise(path).splitlines()
+    lines = summarise(path, state["stages"]).splitlines()
     if state["status"] == "training":  # not "run lrscan train": one is running
         lines = [line for line in lines if not line.startswith("status ")]
         lines.append(f"status    training: {len(state['in_progress'])} batches in progress now")

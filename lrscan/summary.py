@@ -8,6 +8,7 @@ import numpy as np
 import zarr
 
 from lrscan.store import _root_attrs
+from lrscan.store.status import stage_runs
 from lrscan.spec import Spec
 
 
@@ -21,25 +22,12 @@ def _grid(values) -> str:
     return f"{len(values)} ({values[0]:.3g} … {values[-1]:.3g})" if len(values) > 1 else f"1 ({values[0]:.3g})"
 
 
-def stage_status(path: str | os.PathLike) -> dict[str, tuple[int, int, int]]:
-    """(done, total, diverged) runs of each stage the store has."""
-    root = zarr.open_group(str(path), mode="r")
-    out = {}
-    for stage in ("pretrain", "swa", "finetune"):
-        if f"{stage}/metrics" not in root:
-            continue
-        group = root[f"{stage}/metrics"]
-        done = group["done"][...].astype(bool)
-        diverged = int(np.isfinite(group["diverged_epoch"][...]).sum()) if "diverged_epoch" in group else 0
-        out[stage] = (int(done.sum()), done.size, diverged)
-    return out
-
-
-def summarise(path: str | os.PathLike) -> str:
-    """Describe a store in a few lines (the output of ``lrscan info``)."""
+def summarise(path: str | os.PathLike, stages: dict[str, dict[str, int]] | None = None) -> str:
+    """Describe a store in a few lines (the output of ``lrscan info``); ``stages`` are its
+    runs per stage (:func:`lrscan.store.status.stage_runs`) when the caller has read them."""
     attrs = _root_attrs(path)
     spec = Spec.from_dict(attrs["spec"])
-    status = stage_status(path)
+    status = stage_runs(path)[0] if stages is None else stages
     seeds = len(spec.seeds) * len(spec.data_seeds)
     lines = [
         f"store     {path}  (schema {attrs['lrscan_schema']}, lrscan {attrs['lrscan_version']}, "
@@ -55,10 +43,10 @@ def summarise(path: str | os.PathLike) -> str:
         + f", fine-tune {spec.finetune_epochs:g} epochs "
         f"from epoch {spec.resolved_finetune_from:g}, SWA K = {list(spec.swa) or 'none'}",
     ]
-    for stage, (done, total, diverged) in status.items():
-        extra = f", {diverged} diverged" if diverged else ""
-        lines.append(f"{stage:9s} {done}/{total} runs done{extra}")
-    complete = all(done == total for done, total, _ in status.values())
+    for stage, runs in status.items():
+        extra = f", {runs['diverged']} diverged" if runs["diverged"] else ""
+        lines.append(f"{stage:9s} {runs['done']}/{runs['total']} runs done{extra}")
+    complete = all(runs["done"] == runs["total"] for runs in status.values())
     lines.append(f"size      {_size(path) / 1e6:.1f} MB on disk")
     root = zarr.open_group(str(path), mode="r")
     adaptive = [name for name in ("scan", "threshold") if f"analysis/{name}" in root]

@@ -11,7 +11,7 @@ import zarr
 
 from lrscan.store.claims import claims_in_progress
 from lrscan.store.digest import runs_digest
-from lrscan.store.reading import RUN_DIMS, _root_attrs, open_store
+from lrscan.store.reading import RUN_DIMS, _require_store, _root_attrs
 from lrscan.version import __version__ as lrscan_version
 
 
@@ -22,21 +22,8 @@ def store_status(path: str | os.PathLike, tree: xr.DataTree | None = None) -> di
     ``boundaries``, ``in_progress`` (live claims of batches being trained) and ``status``
     ("complete", "training" or "incomplete")."""
     attrs = _root_attrs(path)
-    tree = open_store(path) if tree is None else tree
-    root = zarr.open_group(str(path), mode="r")
-    stages, diverged = {}, []
-    for stage, dims in RUN_DIMS.items():
-        if f"{stage}/metrics" not in root:
-            continue
-        group = root[f"{stage}/metrics"]
-        done = group["done"][...].astype(bool)
-        epochs = group["diverged_epoch"][...] if "diverged_epoch" in group else np.full(done.shape, np.nan)
-        coords = {d: group[d][...] for d in dims}
-        for index in zip(*np.nonzero(np.isfinite(epochs))):
-            diverged.append({"stage": stage, **{d: float(coords[d][i]) for d, i in zip(dims, index)},
-                             "epoch": float(epochs[index])})
-        stages[stage] = {"done": int(done.sum()), "total": int(done.size),
-                         "diverged": int(np.isfinite(epochs).sum())}
+    tree = _analyses(path) if tree is None else tree
+    stages, diverged = stage_runs(path)
     in_progress = claims_in_progress(path)
     complete = all(s["done"] == s["total"] for s in stages.values())
     return {
@@ -51,6 +38,37 @@ def store_status(path: str | os.PathLike, tree: xr.DataTree | None = None) -> di
         "in_progress": in_progress,
         "status": "complete" if complete else "training" if in_progress else "incomplete",
     }
+
+
+def stage_runs(path: str | os.PathLike) -> tuple[dict[str, dict[str, int]], list[dict]]:
+    """Per stage the store has, its runs ``done``, ``total`` and ``diverged``; and each diverged
+    run's coordinates, stage and epoch. Read straight through zarr."""
+    root = zarr.open_group(str(path), mode="r")
+    stages, diverged = {}, []
+    for stage in ("pretrain", "swa", "finetune"):  # the order they are trained in
+        dims = RUN_DIMS[stage]
+        if f"{stage}/metrics" not in root:
+            continue
+        group = root[f"{stage}/metrics"]
+        done = group["done"][...].astype(bool)
+        epochs = group["diverged_epoch"][...] if "diverged_epoch" in group else np.full(done.shape, np.nan)
+        coords = {d: group[d][...] for d in dims}
+        for index in zip(*np.nonzero(np.isfinite(epochs))):
+            diverged.append({"stage": stage, **{d: float(coords[d][i]) for d, i in zip(dims, index)},
+                             "epoch": float(epochs[index])})
+        stages[stage] = {"done": int(done.sum()), "total": int(done.size),
+                         "diverged": int(np.isfinite(epochs).sum())}
+    return stages, diverged
+
+
+def _analyses(path: str | os.PathLike) -> xr.DataTree:
+    """The store's ``/analysis`` group, lazily, as the one child of an otherwise empty tree: what
+    the status reads, without opening every training group (1.5 s on the default store)."""
+    _require_store(path)
+    if "analysis" not in zarr.open_group(str(path), mode="r"):
+        return xr.DataTree()
+    node = xr.open_datatree(str(path), group="analysis", engine="zarr", chunks={}, consolidated=False)
+    return xr.DataTree(children={"analysis": node})
 
 
 def analyses_status(tree: xr.DataTree, path: str | os.PathLike | None = None) -> dict[str, dict]:
