@@ -143,6 +143,36 @@ def test_evaluate_cuts_runs_into_equal_chunks_and_scores_a_run_alike_alone_and_i
                                                                                       gathered[1][m].item())
 
 
+@pytest.mark.parametrize("tf32", [True, False])
+def test_tf32_is_scoped_to_the_engine(small_spec, tf32):
+    """The engine's TF32 choice holds inside its steps, scores and BN passes, and torch's global
+    settings are as they were after each call (and after a call that raised)."""
+    from lrscan.train.engine import tf32_scope
+
+    setup, _, data = small_engine(small_spec)
+    start = torch.stack([setup.init_weights(seed, 0) for seed in range(2)])
+    engine = Engine(setup.entry, setup.module, start, setup.spec.radius, batched=True, tf32=tf32)
+    seen = []
+    real = engine.logits
+    engine.logits = lambda params, x: seen.append((torch.backends.cuda.matmul.allow_tf32,
+                                                  torch.backends.cudnn.allow_tf32)) or real(params, x)
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    before = matmul.allow_tf32, cudnn.allow_tf32
+    for outside in (not tf32, tf32):
+        matmul.allow_tf32 = cudnn.allow_tf32 = outside
+        idx = torch.arange(32).reshape(2, 16)
+        engine.step_on(data.x_train, data.y_train, torch.zeros(2, dtype=torch.long), idx, torch.tensor([0.01, 0.3]))
+        engine.evaluate(data.x_test, data.y_test, torch.zeros(2, dtype=torch.long), chunk=2)
+        assert (matmul.allow_tf32, cudnn.allow_tf32) == (outside, outside)
+    with pytest.raises(RuntimeError):
+        with tf32_scope(tf32):
+            assert (matmul.allow_tf32, cudnn.allow_tf32) == (tf32, tf32)
+            raise RuntimeError
+    assert (matmul.allow_tf32, cudnn.allow_tf32) == (tf32, tf32)
+    matmul.allow_tf32, cudnn.allow_tf32 = before
+    assert seen and set(seen) == {(tf32, tf32)}
+
+
 def test_same_spec_gives_an_identical_store(small_spec, tmp_path):
     spec = small_spec()
     train(spec, tmp_path / "a.zarr")

@@ -14,6 +14,7 @@ way, so a snapshot of :meth:`Engine.state` continues a stage exactly.
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
@@ -226,6 +227,28 @@ def make_update(entry: ModelEntry, options: Mapping[str, Any], radius: float | N
     raise ValueError(f"unknown update rule {entry.update!r}")
 
 
+@contextlib.contextmanager
+def tf32_scope(allow: bool):
+    """TF32 matrix products and convolutions allowed (or not) inside the block, and torch's
+    settings as they were after it: the engine's choice does not leak into the caller's code."""
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    before = matmul.allow_tf32, cudnn.allow_tf32
+    matmul.allow_tf32 = cudnn.allow_tf32 = allow
+    try:
+        yield
+    finally:
+        matmul.allow_tf32, cudnn.allow_tf32 = before
+
+
+def _in_scope(method: Callable) -> Callable:
+    """Run an :class:`Engine` method under its backend settings (:func:`tf32_scope`)."""
+    @functools.wraps(method)
+    def scoped(self, *args, **kwargs):
+        with tf32_scope(self.tf32):
+            return method(self, *args, **kwargs)
+    return scoped
+
+
 class Engine:
     """The state of M runs of one model, with a per-run learning rate.
 
@@ -248,11 +271,15 @@ class Engine:
         The model's options (the update rule reads its hyperparameters from them).
     precision
         ``"fp32"`` or ``"bf16"`` (autocast of the forward pass; weights stay float32).
+    tf32
+        Let matrix products and convolutions run in TF32 while the engine steps, scores or
+        recomputes statistics (:func:`tf32_scope`); torch's global settings are as before
+        once each call returns.
     """
 
     def __init__(self, entry: ModelEntry, module: nn.Module, flat: Tensor, radius: float | None, *,
                  batched: bool, compile: bool = False, options: Mapping[str, Any] | None = None,
-                 precision: str = "fp32"):
+                 precision: str = "fp32", tf32: bool = False):
         if batched and entry.forward_batched is None:
             raise ValueError("this model has no batched forward")
         self.entry, self.module, self.radius, self.batched = entry, module, radius, batched
@@ -271,6 +298,7 @@ class Engine:
         self._update = make_update(entry, options or {}, radius)
         self.opt_state = _initial_state(entry.update, self.params, options or {})
         self.autocast = precision == "bf16"
+        self.tf32 = tf32
         self.compiled = compile
         self._seeds: Sequence[int] | None = None
         # Batched models compile the whole step; others compile one run's forward pass (the
@@ -334,6 +362,7 @@ class Engine:
     def _gather_step(self, params, state, data_x, data_y, which, idx, lr):
         return self._step_all(params, state, *_gather(data_x, data_y, which, idx), lr)
 
+    @_in_scope
     def step_on(self, data_x: Tensor, data_y: Tensor, which: Tensor, idx: Tensor, elr: Tensor,
                 seeds: Sequence[int] | None = None) -> StepStats:
         """:meth:`step` on a batch given by position: run ``m`` steps on samples ``idx[m]``
@@ -348,6 +377,7 @@ class Engine:
             self.params, self.opt_state, data_x, data_y, which, idx, elr * self.lr_scale)
         return StepStats(grad_norm.float(), loss.float(), acc.float())
 
+    @_in_scope
     def step(self, x: Tensor, y: Tensor, elr: Tensor, seeds: Sequence[int] | None = None) -> StepStats:
         """One step of every run on its own batch (x (M, B, ...), y (M, B)).
 
@@ -377,6 +407,7 @@ class Engine:
     def _all(self) -> dict[str, Tensor]:
         return {**self.params, **self.frozen, **self.buffers}
 
+    @_in_scope
     @torch.no_grad()
     def evaluate(self, x: Tensor, y: Tensor, which: Tensor, chunk: int,
                  samples: int | None = None) -> tuple[Tensor, Tensor]:
@@ -423,6 +454,7 @@ class Engine:
             accs.append((acc / n).float())
         return torch.cat(losses)[: self.n_runs], torch.cat(accs)[: self.n_runs]
 
+    @_in_scope
     @torch.no_grad()
     def evaluate_train_mode(self, x: Tensor, y: Tensor, which: Tensor, batch_size: int) -> tuple[Tensor, Tensor]:
         """Mean loss and accuracy of each run on its dataset with BatchNorm in train mode.
@@ -470,6 +502,7 @@ class Engine:
                 acc[i] += correct.double().sum()
         return (loss / n).float(), (acc / n).float()
 
+    @_in_scope
     @torch.no_grad()
     def recompute_bn(self, x: Tensor, which: Tensor, batch_size: int = EVAL_SAMPLES) -> None:
         """Replace every run's BatchNorm statistics by their values over its training set
