@@ -275,11 +275,17 @@ class Engine:
         Let matrix products and convolutions run in TF32 while the engine steps, scores or
         recomputes statistics (:func:`tf32_scope`); torch's global settings are as before
         once each call returns.
+    channels_last
+        Hold each run's convolution weights, and feed each run's images, in the channels-last
+        memory format (what GPU convolution kernels run fastest on); the values are the same.
+        Not on a CPU: there torch 2.14 computes the weight gradient of a strided 1x1
+        convolution (the ResNet's shortcut) on channels-last input wrongly, and differently
+        from call to call.
     """
 
     def __init__(self, entry: ModelEntry, module: nn.Module, flat: Tensor, radius: float | None, *,
                  batched: bool, compile: bool = False, options: Mapping[str, Any] | None = None,
-                 precision: str = "fp32", tf32: bool = False):
+                 precision: str = "fp32", tf32: bool = False, channels_last: bool = False):
         if batched and entry.forward_batched is None:
             raise ValueError("this model has no batched forward")
         self.entry, self.module, self.radius, self.batched = entry, module, radius, batched
@@ -293,6 +299,8 @@ class Engine:
         for layer in self.layers:
             p = flat[:, layer.start : layer.stop].reshape(self.n_runs, *layer.shape).clone()
             (self.buffers if layer.buffer else self.params if layer.trainable else self.frozen)[layer.name] = p
+        self.channels_last = channels_last
+        self.params, self.frozen = self._laid_out(self.params), self._laid_out(self.frozen)
         self.group = entry.norm_group
         self.lr_scale = radius**2 if entry.update == "sphere" else 1.0
         self._update = make_update(entry, options or {}, radius)
@@ -329,7 +337,17 @@ class Engine:
         # round a tensor's tail differently, so per-run losses would not match it bit for bit.
         return torch.stack(out)
 
+    def _laid_out(self, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``tensors`` with each stacked convolution weight (M, O, I, kh, kw) laid out so that
+        every run's (O, I, kh, kw) is channels-last, when the engine is; otherwise as they are."""
+        if not self.channels_last:
+            return tensors
+        return {n: t.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3) if t.dim() == 5 else t
+                for n, t in tensors.items()}
+
     def _one_run_logits(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         with self._amp(x.device):
             return functional_call(self.module, params, (x,)).float()
 
@@ -558,9 +576,9 @@ class Engine:
         """Restore a :meth:`state` (tensors or arrays); every entry must be present."""
         device = next(iter(self.params.values())).device
         get = lambda key: torch.as_tensor(np.asarray(state[key])).to(device)  # noqa: E731
-        self.params = {n: get(f"param/{n}") for n in self.params}
+        self.params = self._laid_out({n: get(f"param/{n}") for n in self.params})
         self.buffers = {n: get(f"buffer/{n}") for n in self.buffers}
-        self.opt_state = {n: get(f"update/{n}") for n in self.opt_state}
+        self.opt_state = self._laid_out({n: get(f"update/{n}") for n in self.opt_state})
 
 
 def to_numpy(t: Tensor) -> np.ndarray:

@@ -92,12 +92,12 @@ class Setup:
         """
         batched = self.entry.forward_batched is not None if batched is None else batched
         module = self.module.to(self.device)
-        if self.device.type == "cuda" and self.data[self.spec.data_seeds[0]].x_train.dim() == 4:
-            module = module.to(memory_format=torch.channels_last)
-        # "fp32" on a GPU allows TF32 matrix products (SPEC's image setups), inside the engine only.
+        images = self.data[self.spec.data_seeds[0]].x_train.dim() == 4
+        # On a GPU: "fp32" allows TF32 matrix products (SPEC's image setups), inside the engine
+        # only, and images and convolution weights go channels-last.
         return Engine(self.entry, module, flat.to(self.device), self.spec.radius, batched=batched,
                       compile=compile, options=self.spec.model_options, precision=self.spec.precision,
-                      tf32=self.device.type == "cuda")
+                      tf32=self.device.type == "cuda", channels_last=self.device.type == "cuda" and images)
 
     def device_data(self, data_seeds: list[int]) -> tuple[DeviceData, dict[int, int]]:
         """The given data seeds' sets stacked on the device, and each seed's position."""
