@@ -327,7 +327,8 @@ class Engine:
         """Logits (m, B, C) of m runs with (stacked) ``params`` — trained and frozen
         parameters, and buffers — on inputs x (m, B, ...)."""
         if self.batched:
-            return self.entry.forward_batched(self.module, params, x)
+            with self._amp(x.device):
+                return self.entry.forward_batched(self.module, params, x).float()
         out = []
         for i in range(x.shape[0]):
             if self._seeds is not None:  # dropout and the like draw from the global generator
