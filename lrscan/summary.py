@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import fsspec
-import numpy as np
 import zarr
 
 from lrscan.store import _root_attrs

@@ -26,14 +26,14 @@ from torch.nn import functional as F
 
 from lrscan.models import ModelEntry
 
-# Samples in one pass of the passes over a whole set that are not scoring (BatchNorm
-# recomputation, sharpness): the synthetic sets in one pass.
+# Samples taken at once by the passes over a whole set — BatchNorm recomputation, sharpness,
+# and scoring on an accelerator: the synthetic sets in one pass.
 EVAL_SAMPLES = 4096
 # Samples scored at once by Engine.evaluate on a CPU: few enough that a chunk's activations stay
-# in cache (128 MLP runs x 256 samples x width 32 floats = 4 MB; scoring the synthetic sets took
-# 1.65x less CPU time than in blocks of 4,096 on the 2-core development machine). Accelerators
-# score EVAL_SAMPLES at once. The blocks depend on nothing but the device, so a run is scored
-# alike alone and in a batch of any size.
+# in cache (128 MLP runs x 256 samples x width 32 floats = 4 MB; their forward pass over 4,096
+# samples took 1.65x less CPU time in blocks of 256 than in one, on the 2-core development
+# machine). The blocks depend on nothing but the device, so a run is scored alike alone and in
+# a batch of any size.
 CPU_EVAL_SAMPLES = 256
 
 
