@@ -229,6 +229,28 @@ def test_a_bn_stage_resumed_from_a_snapshot_is_identical():
     assert any(k.startswith("update/") for k in middle.state) and any(k.startswith("buffer/") for k in middle.state)
 
 
+def test_an_augmented_stage_draws_per_run_and_resumes_identically():
+    """RandAugment in the loop: the runs' batches are augmented at once, each from its own
+    per-step seed, so a run trains alike in a batch and alone, a stage resumed from a snapshot
+    ends with the same weights, and the augmentation does change what is trained on."""
+    import dataclasses
+
+    from lrscan.data.images import MEAN, STD, make_augment
+
+    setup, start, plain, stage, kwargs = two_run_stage([*TINY, "data.n_train=64"])
+    dev = dataclasses.replace(plain, augment=make_augment("randaugment", setup.data[0].normalization or (MEAN, STD)))
+    snaps: list[Snapshot] = []
+    whole = run_stage(setup.engine(start), dev, stage, snapshot=snaps.append, snapshot_every=0.0, **kwargs)
+    resumed = run_stage(setup.engine(start), dev, stage, resume=copy.deepcopy(next(s for s in snaps if s.step == 4)),
+                        **kwargs)
+    np.testing.assert_array_equal(resumed.weights, whole.weights)
+    alone = run_stage(setup.engine(start[1:]), dev, stage, **{**kwargs, "elr": kwargs["elr"][1:],
+                                                                "seeds": kwargs["seeds"][1:]})
+    np.testing.assert_allclose(alone.weights[0], whole.weights[1], rtol=1e-5, atol=1e-6)
+    unaugmented = run_stage(setup.engine(start), plain, stage, **kwargs)
+    assert not np.allclose(unaugmented.weights[:, -1], whole.weights[:, -1])
+
+
 def test_cifar_fixture_trains_through_the_cli(cifar10_dir, tmp_path):  # noqa: F811
     root, _, _ = cifar10_dir
     store = tmp_path / "cifar.zarr"

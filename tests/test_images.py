@@ -182,6 +182,20 @@ def test_augment_is_determined_by_the_generator_state(kind):
     assert float(pixels.min()) >= -1e-5 and float(pixels.max()) <= 1 + 1e-5
 
 
+@pytest.mark.parametrize("kind", ["crop-flip", "randaugment"])
+def test_augmenting_the_runs_at_once_gives_each_run_its_own_batch_to_the_bit(kind):
+    """Augment.runs draws each run's choices from its own seed, in the order one call per run
+    draws them, and transforms all runs' pixels in one pass: the same images."""
+    augment = make_augment(kind, (MEAN, STD))
+    x = torch.stack([batch(5, seed) for seed in range(4)])  # (M, B, C, H, W)
+    seeds = [3, 1, 4, 1]  # runs may share a seed (then they draw alike)
+    g = torch.Generator()
+    one_by_one = torch.stack([augment(x[i], g.manual_seed(seed)) for i, seed in enumerate(seeds)])
+    together = augment.runs(x, seeds, g)
+    assert together.shape == x.shape and torch.equal(together, one_by_one)
+    assert not torch.equal(together[0], augment(x[0], g.manual_seed(2)))
+
+
 def test_augment_none():
     assert make_augment("none", (MEAN, STD)) is None
 

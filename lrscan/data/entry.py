@@ -22,8 +22,10 @@ class Data:
         (the frequency bands); ``None`` for data that are not images.
     augment
         ``augment(x, generator) -> x``: random augmentation of one training batch (B, ...)
-        drawn from ``generator`` (the trainer seeds it per run and step, so resuming
-        reproduces it); ``None`` for no augmentation.
+        drawn from ``generator``, and ``augment.runs(x, seeds, generator)`` of M runs' batches
+        (M, B, ...) at once, each from its own seed (the trainer's per run and step, so
+        resuming reproduces it) — :class:`lrscan.data.images.Augment`; ``None`` for no
+        augmentation.
     """
 
     x_train: Tensor

@@ -14,6 +14,7 @@ Both datasets are normalised with the CIFAR-10 per-channel mean and std, as in t
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import math
 import os
@@ -21,18 +22,19 @@ import pickle
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from lrscan.data.entry import Data, DatasetEntry, from_pixels, to_pixels
-from lrscan.data.randaugment import rand_augment
+from lrscan.data.randaugment import Draws, apply, draw
 from lrscan.errors import LrscanError
 from lrscan.options import boolean, choice, integer, string
 
-__all__ = ["CIFAR10", "CIFAR100", "MEAN", "STD", "AUGMENTS", "crop_flip", "rand_augment_normalised", "make_augment"]
+__all__ = ["CIFAR10", "CIFAR100", "MEAN", "STD", "AUGMENTS", "Augment", "crop_flip", "rand_augment_normalised",
+           "make_augment"]
 
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2023, 0.1994, 0.2010)
@@ -222,11 +224,19 @@ def _entry(layout: Layout) -> DatasetEntry:
     )
 
 
-def _draw(high: int, n: int, generator: torch.Generator, device: torch.device) -> Tensor:
-    return torch.randint(0, high, (n,), generator=generator, device=generator.device).to(device)
+def _draw(high: int, n: int, generator: torch.Generator) -> Tensor:
+    return torch.randint(0, high, (n,), generator=generator, device=generator.device)
 
 
-def crop_flip(x: Tensor, generator: torch.Generator, fill: Tensor | float = 0.0, padding: int = PADDING) -> Tensor:
+def crop_flip_draws(n: int, generator: torch.Generator, padding: int = PADDING) -> tuple[Tensor, Tensor, Tensor]:
+    """The draws of :func:`crop_flip` for ``n`` samples: row offsets, column offsets and flip
+    bits (n,) each, in that order, on the generator's device."""
+    return (_draw(2 * padding + 1, n, generator), _draw(2 * padding + 1, n, generator),
+            _draw(2, n, generator).bool())
+
+
+def crop_flip(x: Tensor, generator: torch.Generator | None = None, fill: Tensor | float = 0.0,
+              padding: int = PADDING, *, draws: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:
     """Random crop after zero padding, then a random horizontal flip, per sample.
 
     Parameters
@@ -234,12 +244,15 @@ def crop_flip(x: Tensor, generator: torch.Generator, fill: Tensor | float = 0.0,
     x
         A batch (B, C, H, W) on any device.
     generator
-        Source of the draws: per sample a row offset, a column offset and a flip bit.
+        Source of the draws (:func:`crop_flip_draws`): per sample a row offset, a column
+        offset and a flip bit.
     fill
         Value of the padding: a number or a per-channel (C, 1, 1) tensor (a black pixel in
         normalised units, to match padding the [0, 1] image with zeros).
     padding
         Pixels added on every side before cropping back to H×W.
+    draws
+        The draws themselves, instead of ``generator``.
 
     Returns
     -------
@@ -247,11 +260,11 @@ def crop_flip(x: Tensor, generator: torch.Generator, fill: Tensor | float = 0.0,
         (B, C, H, W) on the device of ``x``.
     """
     b, c, h, w = x.shape
+    dy, dx, flip = (crop_flip_draws(b, generator, padding) if draws is None else draws)
+    dy, dx, flip = dy.to(x.device), dx.to(x.device), flip.to(x.device)
     padded = torch.empty(b, c, h + 2 * padding, w + 2 * padding, dtype=x.dtype, device=x.device)
     padded[:] = fill
     padded[..., padding:padding + h, padding:padding + w] = x
-    dy, dx = _draw(2 * padding + 1, b, generator, x.device), _draw(2 * padding + 1, b, generator, x.device)
-    flip = _draw(2, b, generator, x.device).bool()
     rows = dy[:, None] + torch.arange(h, device=x.device)
     cols = dx[:, None] + torch.arange(w, device=x.device)
     cols = torch.where(flip[:, None], cols.flip(1), cols)
@@ -261,22 +274,25 @@ def crop_flip(x: Tensor, generator: torch.Generator, fill: Tensor | float = 0.0,
 
 
 def rand_augment_normalised(
-    x: Tensor, generator: torch.Generator, normalization: tuple[tuple[float, ...], tuple[float, ...]]
+    x: Tensor, generator: torch.Generator | None, normalization: tuple[tuple[float, ...], tuple[float, ...]],
+    *, draws: Draws | None = None,
 ) -> Tensor:
     """The study's RandAugment(2, 14) on a normalised batch, on its device, drawn from ``generator``.
 
     The images are turned back into the 8-bit pixels the study augmented, augmented by
-    :func:`lrscan.data.randaugment.rand_augment`, and normalised again; the same generator
-    state gives the same batch.
+    :func:`lrscan.data.randaugment.apply`, and normalised again; the same generator state
+    gives the same batch.
 
     Parameters
     ----------
     x
         Normalised images (B, 3, H, W) on any device.
     generator
-        Source of every random choice, on the device of ``x``.
+        Source of every random choice (:func:`lrscan.data.randaugment.draw`).
     normalization
         The per-channel ``(mean, std)`` of ``x``.
+    draws
+        The choices themselves, instead of ``generator``.
 
     Returns
     -------
@@ -284,34 +300,61 @@ def rand_augment_normalised(
         (B, 3, H, W), normalised, with the dtype and device of ``x``.
     """
     pixels = (to_pixels(x, normalization).clamp(0, 1) * 255).round()
-    return from_pixels(rand_augment(pixels, generator, *RANDAUGMENT) / 255, normalization)
+    if draws is None:
+        draws = draw(len(x), x.shape[-2:], generator, RANDAUGMENT[0])
+    return from_pixels(apply(pixels, draws.to(x.device), RANDAUGMENT[1]) / 255, normalization)
 
 
-def make_augment(
-    kind: str, normalization: tuple[tuple[float, ...], tuple[float, ...]]
-) -> Callable[[Tensor, torch.Generator], Tensor] | None:
-    """The ``Data.augment`` function of an ``augment`` option, or None for ``"none"``.
+class Augment:
+    """A training augmentation: ``"crop-flip"`` (random crop with 4 pixels of black padding,
+    then a horizontal flip) or ``"randaugment"`` (the study's RandAugment(2, 14),
+    :func:`rand_augment_normalised`, then crop and flip).
 
-    Parameters
-    ----------
-    kind
-        ``"none"``, ``"crop-flip"`` (random crop with 4 pixels of black padding and a
-        horizontal flip) or ``"randaugment"`` (the study's RandAugment(2, 14),
-        :func:`rand_augment_normalised`, then crop and flip).
-    normalization
-        The per-channel ``(mean, std)`` of the inputs the function will receive.
+    ``augment(x, generator)`` augments one batch (B, C, H, W) from the generator's state;
+    :meth:`runs` augments the batches of M runs (M, B, C, H, W) at once, each drawn from its
+    own seed — the same images, to the bit, as one call per run, in one pass over the pixels.
     """
-    if kind == "none":
-        return None
 
-    def black(x: Tensor) -> Tensor:
-        return from_pixels(torch.zeros_like(x[0, :, :1, :1]), normalization)  # (C, 1, 1)
+    def __init__(self, kind: str, normalization: tuple[tuple[float, ...], tuple[float, ...]]):
+        if kind not in AUGMENTS[1:]:
+            raise LrscanError(f"unknown augmentation {kind!r}; known: {', '.join(AUGMENTS)}")
+        self.kind, self.normalization = kind, normalization
 
-    if kind == "crop-flip":
-        return lambda x, generator: crop_flip(x, generator, black(x))
-    if kind == "randaugment":
-        return lambda x, generator: crop_flip(rand_augment_normalised(x, generator, normalization), generator, black(x))
-    raise LrscanError(f"unknown augmentation {kind!r}; known: {', '.join(AUGMENTS)}")
+    def draw(self, n: int, size: tuple[int, int], generator: torch.Generator) -> tuple:
+        """Every random choice for a batch of ``n`` images of ``size``, in the order the
+        pipeline draws them: RandAugment's (when it has it), then the crop and flip."""
+        first = (draw(n, size, generator, RANDAUGMENT[0]),) if self.kind == "randaugment" else ()
+        return (*first, crop_flip_draws(n, generator))
+
+    def apply(self, x: Tensor, draws: tuple) -> Tensor:
+        """The batch ``x`` (B, C, H, W) augmented with the choices ``draws`` (:meth:`draw`)."""
+        if self.kind == "randaugment":
+            x = rand_augment_normalised(x, None, self.normalization, draws=draws[0])
+        black = from_pixels(torch.zeros_like(x[0, :, :1, :1]), self.normalization)  # (C, 1, 1)
+        return crop_flip(x, fill=black, draws=draws[-1])
+
+    def __call__(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        return self.apply(x, self.draw(len(x), x.shape[-2:], generator))
+
+    def runs(self, x: Tensor, seeds: Sequence[int], generator: torch.Generator) -> Tensor:
+        """The batches of M runs, x (M, B, C, H, W), each augmented from ``generator`` seeded
+        with its run's seed (``seeds``, one per run), at once."""
+        m, b = x.shape[:2]
+        per_run = [self.draw(b, x.shape[-2:], generator.manual_seed(seed)) for seed in seeds]
+        joined = tuple(_cat([run[i] for run in per_run]) for i in range(len(per_run[0])))
+        return self.apply(x.reshape(m * b, *x.shape[2:]), joined).reshape(x.shape)
+
+
+def _cat(parts: list):
+    """Draws of several batches as the draws of one: each field concatenated along its images."""
+    if isinstance(parts[0], Draws):  # fields (n_ops, B, ...)
+        return Draws(*(torch.cat([getattr(p, f.name) for p in parts], dim=1) for f in dataclasses.fields(Draws)))
+    return tuple(torch.cat(field) for field in zip(*parts))
+
+
+def make_augment(kind: str, normalization: tuple[tuple[float, ...], tuple[float, ...]]) -> Augment | None:
+    """The ``Data.augment`` of an ``augment`` option (:class:`Augment`), or None for ``"none"``."""
+    return None if kind == "none" else Augment(kind, normalization)
 
 
 CIFAR10_ENTRY = _entry(CIFAR10)

@@ -39,6 +39,7 @@ class DeviceData:
     y_train: Tensor
     x_test: Tensor
     y_test: Tensor
+    # Data.augment: a lrscan.data.images.Augment, whose runs() augments each run's batch from its own seed.
     augment: Callable[[Tensor, torch.Generator], Tensor] | None = None
 
 
@@ -242,8 +243,7 @@ def run_stage(
         if data.augment is None:
             stats = engine.step_on(data.x_train, data.y_train, which_data, idx, rate, keys)
         else:
-            x = data.x_train[which_data[:, None], idx]
-            x = torch.stack([data.augment(x[i], generator.manual_seed(keys[i])) for i in range(m)])
+            x = data.augment.runs(data.x_train[which_data[:, None], idx], keys, generator)
             stats = engine.step(x, data.y_train[which_data[:, None], idx], rate, keys)
         grad_sum += stats.grad_norm
         score_sum += torch.stack([stats.loss, stats.acc])
