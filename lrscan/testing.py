@@ -16,14 +16,11 @@ VOLATILE_ATTRS = ("created", "store_id", "repairs")
 
 def assert_on_sphere(tree: xr.DataTree, group: str = "pretrain/weights", *, rtol: float = 1e-5) -> None:
     """Assert that every stored weight vector of ``group`` has SI-group norm equal to the radius."""
-    layers = tree["layers"].to_dataset().load()
+    from lrscan.analyze.solutions import si_slices
+
     radius = tree.attrs["spec"]["sweep"]["radius"]
     weights = tree[group]["weights"]
-    sq = 0.0
-    for start, stop, si in zip(layers.start.values, layers.stop.values, layers.si.values):
-        if si:
-            part = weights.isel(param=slice(int(start), int(stop))).astype(np.float64)
-            sq = sq + (part**2).sum("param")
+    sq = sum((weights.isel(param=part).astype(np.float64) ** 2).sum("param") for part in si_slices(tree))
     norm = np.sqrt(sq).compute()
     written = norm.notnull()
     if not bool(written.any()):
