@@ -123,6 +123,90 @@ def epoch_order(seeds: list[tuple[int, int]], stage: str, epoch: int, n: int, de
     return torch.stack(orders).to(device)
 
 
+class _Running:
+    """What the steps since the last metric row measured, summed per run: the gradient norm,
+    and the batch loss and accuracy (float64, as means over many steps)."""
+
+    def __init__(self, m: int, device: torch.device):
+        self.grad = torch.zeros(m, device=device)
+        self.scores = torch.zeros(2, m, dtype=torch.float64, device=device)
+        self.steps = 0
+
+    def add(self, stats) -> None:
+        self.grad += stats.grad_norm
+        self.scores += torch.stack([stats.loss, stats.acc])
+        self.steps += 1
+
+    def means(self) -> dict[str, Tensor]:
+        """The per-step means since the last row; NaN at a stage's start, where no step was taken."""
+        def mean(total: Tensor) -> Tensor:
+            return total / self.steps if self.steps else torch.full_like(total, float("nan"))
+        return {"grad_norm": mean(self.grad), "running_train_loss": mean(self.scores[0]),
+                "running_train_acc": mean(self.scores[1])}
+
+
+class _Recorder:
+    """What a stage keeps at its step boundaries: a metric row at each logged step (the
+    evaluations, and the means of the steps since the row before), the checkpoints at theirs,
+    divergence, progress, and a snapshot at a logged step once ``snapshot_every`` seconds have
+    passed since the last one."""
+
+    def __init__(self, engine: Engine, data: DeviceData, which: Tensor, stage: Stage, eval_chunk: int,
+                 checkpoints: Checkpoints, first: int, progress: Callable[[int], None] | None,
+                 snapshot: Callable[[Snapshot], None] | None, snapshot_every: float):
+        self.engine, self.data, self.which, self.eval_chunk = engine, data, which, eval_chunk
+        self.checkpoints, self.progress = checkpoints, progress
+        self.snapshot, self.snapshot_every = snapshot, snapshot_every
+        self.log_index = {int(s): i for i, s in enumerate(stage.log_steps)}
+        self.ckpt_index = {int(s): i for i, s in enumerate(stage.checkpoint_steps)}
+        m = engine.n_runs
+        self.metrics = {name: self._empty() for name in METRICS}
+        self.diverged = np.full(m, -1, dtype=np.int64)
+        self.running = _Running(m, which.device)
+        self.last_reported, self.last_snapshot = first, time.monotonic()
+
+    def _empty(self) -> np.ndarray:
+        return np.full((self.engine.n_runs, len(self.log_index)), np.nan, dtype=np.float32)
+
+    def resume(self, snap: Snapshot) -> None:
+        """Continue from ``snap`` (taken right after a row, so no step is pending)."""
+        self.engine.load_state(snap.state)
+        self.checkpoints.restore(snap.checkpoints)
+        self.diverged = snap.diverged
+        # A snapshot written before a metric existed lacks it: its earlier rows stay unknown.
+        self.metrics = {name: snap.metrics.get(name, self._empty()) for name in METRICS}
+
+    def at(self, step: int) -> None:
+        """Keep what ``step`` (the number of steps taken) calls for."""
+        engine, data = self.engine, self.data
+        if step in self.log_index:
+            train_loss, train_acc = engine.evaluate(data.x_train, data.y_train, self.which, self.eval_chunk)
+            test_loss, test_acc = engine.evaluate(data.x_test, data.y_test, self.which, self.eval_chunk)
+            norm = engine.weight_norm()
+            values = {"train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss,
+                      "test_acc": test_acc, "weight_norm": norm, **self.running.means()}
+            for name, value in values.items():
+                self.metrics[name][:, self.log_index[step]] = to_numpy(value)
+            self.diverged[~np.isfinite(to_numpy(norm)) & (self.diverged < 0)] = step
+            self.running = _Running(engine.n_runs, self.which.device)
+            if self.progress is not None:
+                self.progress((step - self.last_reported) * engine.n_runs)
+                self.last_reported = step
+        if step in self.ckpt_index:
+            self.checkpoints.put(self.ckpt_index[step], to_numpy(engine.flat()))
+        if (self.snapshot is not None and step in self.log_index
+                and time.monotonic() - self.last_snapshot >= self.snapshot_every):
+            self.snapshot(Snapshot(step, {n: to_numpy(p).copy() for n, p in engine.state().items()}, self.metrics,
+                                   self.checkpoints.state(), self.diverged))
+            self.last_snapshot = time.monotonic()
+
+    def result(self, stop: int) -> StageResult:
+        """The stage's result, once its last step (``stop``) is taken; progress reaches its total."""
+        if self.progress is not None and stop > self.last_reported:
+            self.progress((stop - self.last_reported) * self.engine.n_runs)
+        return StageResult(self.metrics, self.checkpoints.result(), self.diverged)
+
+
 def run_stage(
     engine: Engine,
     data: DeviceData,
@@ -174,59 +258,16 @@ def run_stage(
     which_data = torch.tensor([s[1] for s in seeds], device=device)
     n_train = data.x_train.shape[1]
 
-    log_index = {int(s): i for i, s in enumerate(stage.log_steps)}
-    ckpt_index = {int(s): i for i, s in enumerate(stage.checkpoint_steps)}
-    metrics = {name: np.full((m, len(log_index)), np.nan, dtype=np.float32) for name in METRICS}
     if checkpoints is None:
-        checkpoints = Checkpoints(m, len(ckpt_index), engine.flat().shape[1])
-    diverged = np.full(m, -1, dtype=np.int64)
-    grad_sum = torch.zeros(m, device=device)
-    # Batch loss and accuracy of the steps since the last row; float64, as means over many steps.
-    score_sum = torch.zeros(2, m, dtype=torch.float64, device=device)
-    switch_elr = None if stage.switch is None else torch.full_like(elr, stage.switch[1])
+        checkpoints = Checkpoints(m, len(stage.checkpoint_steps), engine.flat().shape[1])
     first = stage.start if resume is None else resume.step
-    step_count, last_reported, last_snapshot = 0, first, time.monotonic()
-    if resume is not None:
-        engine.load_state(resume.state)
-        metrics, diverged = resume.metrics, resume.diverged
-        checkpoints.restore(resume.checkpoints)
-        # A snapshot written before a metric existed lacks it: its earlier rows stay unknown.
-        metrics = {name: metrics.get(name, np.full((m, len(log_index)), np.nan, dtype=np.float32))
-                   for name in METRICS}
-
-    def mean(total: Tensor) -> Tensor:
-        """A per-step mean since the last row; NaN at the stage's start, where no step was taken."""
-        return total / step_count if step_count else torch.full_like(total, float("nan"))
-
-    def record(step: int) -> None:
-        nonlocal grad_sum, score_sum, step_count, last_reported, last_snapshot
-        if step in log_index:
-            i = log_index[step]
-            train_loss, train_acc = engine.evaluate(data.x_train, data.y_train, which_data, eval_chunk)
-            test_loss, test_acc = engine.evaluate(data.x_test, data.y_test, which_data, eval_chunk)
-            norm = engine.weight_norm()
-            values = {
-                "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc,
-                "weight_norm": norm, "grad_norm": mean(grad_sum),
-                "running_train_loss": mean(score_sum[0]), "running_train_acc": mean(score_sum[1]),
-            }
-            for name, value in values.items():
-                metrics[name][:, i] = to_numpy(value)
-            newly = ~np.isfinite(to_numpy(norm)) & (diverged < 0)
-            diverged[newly] = step
-            grad_sum, score_sum, step_count = torch.zeros_like(grad_sum), torch.zeros_like(score_sum), 0
-            if progress is not None:
-                progress((step - last_reported) * m)
-                last_reported = step
-        if step in ckpt_index:
-            checkpoints.put(ckpt_index[step], to_numpy(engine.flat()))
-        if snapshot is not None and step in log_index and time.monotonic() - last_snapshot >= snapshot_every:
-            snapshot(Snapshot(step, {n: to_numpy(p).copy() for n, p in engine.state().items()}, metrics,
-                              checkpoints.state(), diverged))
-            last_snapshot = time.monotonic()
-
+    recorder = _Recorder(engine, data, which_data, stage, eval_chunk, checkpoints, first, progress,
+                         snapshot, snapshot_every)
     if resume is None:
-        record(stage.start)
+        recorder.at(stage.start)
+    else:
+        recorder.resume(resume)
+    switch_elr = None if stage.switch is None else torch.full_like(elr, stage.switch[1])
     epoch, order = None, None
     if data.augment is not None:
         if engine.batched:
@@ -245,10 +286,6 @@ def run_stage(
         else:
             x = data.augment.runs(data.x_train[which_data[:, None], idx], keys, generator)
             stats = engine.step(x, data.y_train[which_data[:, None], idx], rate, keys)
-        grad_sum += stats.grad_norm
-        score_sum += torch.stack([stats.loss, stats.acc])
-        step_count += 1
-        record(step + 1)
-    if progress is not None and stage.stop > last_reported:
-        progress((stage.stop - last_reported) * m)
-    return StageResult(metrics, checkpoints.result(), diverged)
+        recorder.running.add(stats)
+        recorder.at(step + 1)
+    return recorder.result(stage.stop)
