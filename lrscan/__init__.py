@@ -8,8 +8,9 @@ def open(store):  # noqa: A001 - mirrors xarray's open_* naming
     """Open a store lazily as an ``xarray.DataTree`` of dask-backed variables.
 
     The same as ``xr.open_datatree(store, engine="zarr", chunks={}, consolidated=False)``,
-    after checking that ``store`` is an lrscan store. ``lrscan.units.annotate(tree)`` adds
-    CF-style ``units`` and ``long_name`` to every variable.
+    after checking that ``store`` is an lrscan store. Its variables carry CF-style ``units``
+    and ``long_name`` as stored; ``lrscan.units.annotate(tree)`` adds them to a store made
+    before lrscan wrote them.
     """
     from lrscan.store import open_store
 

@@ -78,8 +78,9 @@ class LrscanAccessor:
         @functools.wraps(entry.func)
         def analysis(**options):
             stored = persisted(tree, name, options)
-            # Labelled by name, as persisted: not with the long names the inputs passed on.
-            return label(stored if stored is not None else entry.func(tree, **options))
+            # The analyzer labels what it computes; a result persisted before lrscan wrote
+            # units may lack them, and gets them by name here.
+            return label(stored) if stored is not None else entry(tree, **options)
 
         return analysis
 

@@ -11,7 +11,7 @@ import zarr
 
 from lrscan.store.claims import claims_in_progress
 from lrscan.store.digest import runs_digest
-from lrscan.store.reading import RUN_DIMS, _require_store, _root_attrs
+from lrscan.store.reading import RUN_DIMS, _root_attrs
 from lrscan.version import __version__ as lrscan_version
 
 
@@ -63,8 +63,8 @@ def stage_runs(path: str | os.PathLike) -> tuple[dict[str, dict[str, int]], list
 
 def _analyses(path: str | os.PathLike) -> xr.DataTree:
     """The store's ``/analysis`` group, lazily, as the one child of an otherwise empty tree: what
-    the status reads, without opening every training group (1.5 s on the default store)."""
-    _require_store(path)
+    the status reads, without opening every training group (1.5 s on the default store). The
+    store is checked already (:func:`store_status` read its root attributes)."""
     if "analysis" not in zarr.open_group(str(path), mode="r"):
         return xr.DataTree()
     node = xr.open_datatree(str(path), group="analysis", engine="zarr", chunks={}, consolidated=False)

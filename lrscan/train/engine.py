@@ -455,7 +455,7 @@ class Engine:
             idx = which[rows]
             # One dataset for the whole chunk (always so with one data seed): broadcast it rather
             # than copy it per run.
-            shared = int(idx[0]) if x.shape[0] == 1 or bool((idx == idx[0]).all()) else None
+            shared = int(idx[0]) if bool((idx == idx[0]).all()) else None
             params = {name: p[rows] for name, p in self._all().items()}
             loss = torch.zeros(chunk, dtype=torch.float64, device=x.device)
             acc = torch.zeros_like(loss)
