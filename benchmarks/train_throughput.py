@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from lrscan.spec import load_spec
-from lrscan.train.engine import layout
+from lrscan.train.flat import layout
 from lrscan.train.sweep import Setup, Sweep
 
 

@@ -9,6 +9,7 @@ naming the option as the user wrote it.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, Mapping
 
 from lrscan.errors import LrscanError
@@ -53,8 +54,9 @@ def number(name: str, value, *, positive: bool) -> float:
 def integer(name: str, value, *, minimum: int, maximum: int | None = None) -> int:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):  # numpy's integers too
         raise LrscanError(f"{name} must be a whole number, got {value!r}")
+    value = int(value)
     if value < minimum:
         raise LrscanError(f"{name} must be at least {minimum}, got {value}")
     if maximum is not None and value > maximum:
@@ -90,11 +92,14 @@ def boolean(name: str, value) -> bool:
 
 def choice(name: str, value, choices: tuple[str, ...]) -> str:
     if not isinstance(value, str) or value not in choices:
-        raise LrscanError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+        hint = closest(value, choices) if isinstance(value, str) else ""
+        raise LrscanError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}{hint}")
     return value
 
 
 def learning_rate(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise LrscanError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(value) or value <= 0:
         raise LrscanError(f"{name} = {value!r}: learning rates must be positive and finite")
     return float(value)

@@ -339,11 +339,7 @@ def _grid(name: str, value) -> tuple[float, ...]:
     values = number_list(name, value)
     if not values:
         raise LrscanError(f"{name} grid is empty; give at least one learning rate")
-    grid = []
-    for i, v in enumerate(values):
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise LrscanError(f"{name}[{i}] must be a number, got {v!r}")
-        grid.append(learning_rate(f"{name}[{i}]", v))
+    grid = [learning_rate(f"{name}[{i}]", v) for i, v in enumerate(values)]
     if len(set(grid)) != len(grid):
         raise LrscanError(f"{name} grid has repeated values")
     return tuple(sorted(grid))

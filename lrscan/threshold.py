@@ -30,12 +30,12 @@ import xarray as xr
 
 from lrscan.data import DATASETS
 from lrscan.analyze.run import persist
+from lrscan.analyze.study import CONVERGENCE_LOSS
 from lrscan.errors import LrscanError
 from lrscan.options import learning_rate
 from lrscan.spec import Spec, load_tables, log_grid, resolve
 
 # The study's operational convergence: train loss below this within the budget.
-CONVERGENCE_LOSS = 1e-2
 PER_DECADE = 16
 # What a threshold study's spec says whatever its preset says: pre-training only, and of its
 # weights only the initial and final ones.

@@ -15,7 +15,7 @@ from lrscan.spec import load_spec, resolve
 from lrscan.train.plan import Stage
 from lrscan.store import verify
 from lrscan.testing import assert_on_sphere
-from lrscan.train.engine import flat_state, layout
+from lrscan.train.flat import flat_state, layout
 from lrscan.train.loop import Snapshot, run_stage
 from lrscan.train.sweep import Setup
 from tests.test_images import cifar10_dir  # noqa: F401  (fixture)
@@ -186,7 +186,8 @@ def test_bf16_casts_the_forward_pass_only_on_both_paths(model, monkeypatch):
     precision. (How far bf16 runs drift from float32 ones is measured, not asserted: see
     issue 14's note.)"""
     import lrscan.models.mlp as mlp
-    from lrscan.train.engine import Engine, si_norm
+    from lrscan.train.engine import Engine
+    from lrscan.train.flat import si_norm
 
     if model == "mlp":
         from tests.test_train import small_engine

@@ -23,7 +23,7 @@ from lrscan.data import DATASETS
 from lrscan.importer import import_checkpoints
 from lrscan.models import MODELS
 from lrscan.store import read_spec, verify
-from lrscan.train.engine import layout
+from lrscan.train.flat import layout
 from lrscan.train.sweep import Setup
 from tests.conftest import assert_one_line_error
 from tests.test_images import write_batch

@@ -9,7 +9,7 @@ import torch
 import lrscan
 from lrscan.spec import load_spec
 from lrscan.store import RunData, StoreWriter, create_or_check
-from lrscan.train.engine import project
+from lrscan.train.flat import project
 from lrscan.train.sweep import Setup
 from tests.conftest import SMALL
 
@@ -23,7 +23,7 @@ def big_store(tmp_path_factory):
     """A store of random points on the sphere (no training needed to test reading)."""
     path = tmp_path_factory.mktemp("big") / "big.zarr"
     setup = Setup.build(load_spec(overrides=WIDE))
-    from lrscan.train.engine import layout
+    from lrscan.train.flat import layout
 
     layers = layout(setup.entry, setup.module)
     create_or_check(path, setup.plan, layers)

@@ -15,7 +15,7 @@ from torch.func import functional_call
 
 from lrscan.importer import read_checkpoint
 from lrscan.models import MODELS, official_names
-from lrscan.train.engine import layout
+from lrscan.train.flat import layout
 
 PARITY = Path(__file__).parent / "data" / "parity"
 

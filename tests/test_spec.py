@@ -88,6 +88,8 @@ def test_round_trip_through_the_stored_form():
         (["data.n_trian=3"], r"unknown key 'n_trian'.*did you mean 'n_train'"),
         (["plr=[0.1, -0.1]"], r"plr\[1\] = -0.1: learning rates must be positive and finite"),
         (["flr=[0.0]"], r"flr\[0\] = 0.0: learning rates must be positive"),
+        (["plr=[0.1, \"fast\"]"], r"^plr\[1\] must be a number, got .fast.$"),
+        (["plr=[true]"], r"^plr\[0\] must be a number, got True$"),
         (["plr=[nan]"], r"positive and finite"),
         (["flr=[inf]"], r"positive and finite"),
         (["plr=[]"], r"plr grid is empty"),
@@ -107,7 +109,8 @@ def test_round_trip_through_the_stored_form():
         (["dataset=tiks"], r"unknown dataset 'tiks' \(did you mean 'ticks'\?\)"),
         (["device=gpu"], r"device must be"),
         (["compile=yes"], r"compile must be true or false"),
-        (["model.width=0"], r"width must be a positive whole number"),
+        (["model.width=0"], r"\[model\] width must be at least 1, got 0"),
+        (["model.eps=0"], r"\[model\] eps must be positive, got 0"),
         (["data.label_noise=2"], r"label_noise"),
         (["data.shape=tik"], r"shape"),
         (["nonsense"], r"--set expects FIELD=VALUE"),
@@ -152,3 +155,17 @@ def test_checkpoint_forms():
     assert stride.checkpoint_epochs == (0.0, 5.0, 10.0)
     listed = load_spec(overrides=["checkpoint_epochs=[3, 1]"])
     assert listed.checkpoint_epochs == (1.0, 3.0)
+
+
+def test_shared_validators_take_numpy_integers_and_suggest_choices():
+    # One set of validators serves the spec, the model and dataset tables and the generators.
+    from lrscan.options import choice, integer
+
+    assert integer("n", np.int64(3), minimum=1) == 3 and type(integer("n", np.int64(3), minimum=1)) is int
+    assert integer("n", 4.0, minimum=1) == 4
+    with pytest.raises(LrscanError, match=r"^n must be a whole number, got True$"):
+        integer("n", True, minimum=1)
+    with pytest.raises(LrscanError, match=r"^mode must be one of 'eval', 'train', got 'evl' \(did you mean 'eval'\?\)$"):
+        choice("mode", "evl", ("eval", "train"))
+    with pytest.raises(LrscanError, match=r"^mode must be one of 'eval', 'train', got 3$"):
+        choice("mode", 3, ("eval", "train"))

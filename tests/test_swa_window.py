@@ -11,7 +11,7 @@ from lrscan.analyze.metrics import metrics, swa
 from lrscan.analyze.solutions import solution_weights
 from lrscan.errors import LrscanError
 from lrscan.spec import load_spec
-from lrscan.train.engine import project
+from lrscan.train.flat import project
 from lrscan.train.plan import Plan
 from lrscan.train.sweep import Setup
 from tests.conftest import SMALL, train_store

@@ -9,7 +9,8 @@ import lrscan
 from lrscan.models import MODELS
 from lrscan.store import open_store
 from lrscan.testing import assert_on_sphere, assert_stores_identical
-from lrscan.train.engine import Engine, layout, project, si_norm
+from lrscan.train.engine import Engine
+from lrscan.train.flat import layout, project, si_norm
 from lrscan.train.loop import DeviceData, run_stage
 from lrscan.train.plan import Plan, Stage
 from lrscan.train.sweep import Setup, train

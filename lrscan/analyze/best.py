@@ -22,12 +22,12 @@ import xarray as xr
 
 from lrscan.analyze.noise import accuracy_se
 from lrscan.analyze.regimes import dataset_facts
+from lrscan.analyze.study import Z_SAME
 from lrscan.errors import LrscanError
 
 # What a PLR can be judged by: fine-tuning below it, fine-tuning above it, SWA.
 KINDS = ("ft", "ft_higher", "swa")
 # Largest z-score of a difference within the noise, as the regime tests' default.
-Z_SAME = 2.0
 
 
 @dataclass(frozen=True)

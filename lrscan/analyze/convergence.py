@@ -12,6 +12,7 @@ import xarray as xr
 
 from lrscan.analyze import analyzer
 from lrscan.analyze.solutions import pretrain
+from lrscan.analyze.study import CONVERGENCE_LOSS, FINAL_LOSS
 
 
 def first_epoch_below(metrics: xr.Dataset, level: float) -> xr.DataArray:
@@ -21,7 +22,7 @@ def first_epoch_below(metrics: xr.Dataset, level: float) -> xr.DataArray:
 
 
 @analyzer("convergence", needs=("pretrain",))
-def convergence(tree: xr.DataTree, loss: float = 1e-2, final_loss: float = 1e-4) -> xr.Dataset:
+def convergence(tree: xr.DataTree, loss: float = CONVERGENCE_LOSS, final_loss: float = FINAL_LOSS) -> xr.Dataset:
     """Epochs pre-training needs to bring the train loss below 1e-2, and the test accuracy then.
 
     A run *converges* at the first logged pre-training epoch whose train loss (full training

@@ -18,7 +18,7 @@ import xarray as xr
 from lrscan.analyze.progress import block_done  # `lrscan analyze` shows it
 from lrscan.errors import LrscanError
 from lrscan.spec import Spec
-from lrscan.train.engine import batch_norms, project
+from lrscan.train.flat import batch_norms, project
 from lrscan.train.loop import EVAL_CHUNK
 from lrscan.train.sweep import Setup
 

@@ -21,7 +21,8 @@ from lrscan.analyze.evaluate import BN_MODES, Evaluator, blocks
 from lrscan.analyze.solutions import label, require_complete, resolve, solution_weights
 from lrscan.errors import LrscanError
 from lrscan.registry import closest
-from lrscan.train.engine import Engine, batch_norms, loss_and_correct
+from lrscan.train.engine import Engine, loss_and_correct
+from lrscan.train.flat import batch_norms
 
 SPLITS = ("train", "test")
 

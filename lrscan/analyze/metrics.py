@@ -9,8 +9,9 @@ import xarray as xr
 from lrscan.analyze import analyzer
 from lrscan.analyze.evaluate import Evaluator
 from lrscan.analyze.solutions import pretrain, resolve, solution_weights
+from lrscan.analyze.study import WINDOW
 from lrscan.errors import LrscanError
-from lrscan.train.engine import si_norm, swa_average
+from lrscan.train.flat import si_norm, swa_average
 
 SCORES = ("train_loss", "train_acc", "test_loss", "test_acc")
 
@@ -22,7 +23,7 @@ def last_window(metrics: xr.Dataset, window: float) -> xr.Dataset:
 
 
 @analyzer("metrics")
-def metrics(tree: xr.DataTree, window: float = 20.0) -> xr.Dataset:
+def metrics(tree: xr.DataTree, window: float = WINDOW) -> xr.Dataset:
     """Final train/test loss and accuracy of every PT, FT and SWA solution.
 
     Parameters
@@ -98,7 +99,7 @@ def swa(tree: xr.DataTree, ks: list[int] | None = None) -> xr.Dataset:
 
 
 @analyzer("grad_norm")
-def grad_norm(tree: xr.DataTree, window: float = 20.0) -> xr.Dataset:
+def grad_norm(tree: xr.DataTree, window: float = WINDOW) -> xr.Dataset:
     """Mean stochastic-gradient norm of the SI group at the end of each stage.
 
     The trainer logs, for every row, the mean over the steps since the previous row of the

@@ -22,6 +22,7 @@ from lrscan.analyze.boundaries import boundary_interval, locate_boundary
 from lrscan.analyze.metrics import last_window
 from lrscan.analyze.noise import NOISE, Z_MAX, barrier_se, barrier_z, flr_z, outcome, swa_z
 from lrscan.analyze.solutions import pretrain, require_complete, resolve
+from lrscan.analyze.study import CHANCE_MARGIN, CONVERGENCE_LOSS, WINDOW, Z_DIFFER, Z_SAME
 from lrscan.data import DATASETS
 from lrscan.errors import LrscanError
 from lrscan.spec import Spec
@@ -144,10 +145,10 @@ def _tests(table: xr.Dataset, n_test: int, lower_flr_only: bool) -> xr.Dataset:
 
 def classify(
     table: xr.Dataset,
-    convergence_loss: float = 1e-2,
-    chance_margin: float = 0.02,
-    z_same: float = 2.0,
-    z_differ: float = 3.0,
+    convergence_loss: float = CONVERGENCE_LOSS,
+    chance_margin: float = CHANCE_MARGIN,
+    z_same: float = Z_SAME,
+    z_differ: float = Z_DIFFER,
     lower_flr_only: bool = True,
 ) -> xr.Dataset:
     """Regime of every (plr, seed) from a table of per-run quantities, pooled and per PLR.
@@ -329,7 +330,7 @@ def _ft_pair(tree: xr.DataTree, barriers: xr.Dataset, runs: xr.DataArray) -> xr.
 
 def regime_table(
     tree: xr.DataTree,
-    window: float = 20.0,
+    window: float = WINDOW,
     chance: float | None = None,
     n_test: int | None = None,
     barriers: xr.Dataset | None = None,
@@ -385,11 +386,11 @@ def regime_table(
 @analyzer("regimes", needs=("pretrain",), after=("barriers",))
 def regimes(
     tree: xr.DataTree,
-    convergence_loss: float = 1e-2,
-    chance_margin: float = 0.02,
-    z_same: float = 2.0,
-    z_differ: float = 3.0,
-    window: float = 20.0,
+    convergence_loss: float = CONVERGENCE_LOSS,
+    chance_margin: float = CHANCE_MARGIN,
+    z_same: float = Z_SAME,
+    z_differ: float = Z_DIFFER,
+    window: float = WINDOW,
     lower_flr_only: bool = True,
     chance: float | None = None,
     n_test: int | None = None,

@@ -9,13 +9,15 @@ information. Per-feature informative fractions control how useful each feature i
 
 from __future__ import annotations
 
-import difflib
 import math
 import zlib
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import numpy as np
+
+from lrscan.errors import LrscanError
+from lrscan.options import choice, integer, number
 
 __all__ = ["MARGIN", "SHAPES", "Shape", "make_ticks", "single_feature_sets", "tick_class"]
 
@@ -62,10 +64,18 @@ def _as_float64(x1: np.ndarray, x2: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return np.broadcast_arrays(np.asarray(x1, dtype=np.float64), np.asarray(x2, dtype=np.float64))
 
 
+def _value_error(check: Callable, *args, **kwargs):
+    """A shared option check (:mod:`lrscan.options`) raising ValueError, this generator's
+    documented error for an argument outside its allowed values."""
+    try:
+        return check(*args, **kwargs)
+    except LrscanError as err:
+        raise ValueError(str(err)) from None
+
+
 def _check_margin(margin: float) -> None:
     """Reject negative margins, for which the two class regions would overlap."""
-    if not margin >= 0:
-        raise ValueError(f"margin must be >= 0, got {margin!r}")
+    _value_error(number, "margin", margin, positive=False)
 
 
 def tick_class(x1: np.ndarray, x2: np.ndarray, margin: float = MARGIN) -> np.ndarray:
@@ -239,31 +249,13 @@ def _generate(
     return X.astype(np.float32), y
 
 
-def _check_int(name: str, value: object, low: int, high: int | None = None) -> int:
-    """Return ``value`` as an int, or raise ValueError if it is not an integer in range."""
-    allowed = f"an integer >= {low}" if high is None else f"an integer in {low}..{high}"
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, np.integer))
-        or value < low
-        or (high is not None and value > high)
-    ):
-        raise ValueError(f"{name} must be {allowed}, got {value!r}")
-    return int(value)
-
-
-def _check_common(seed: int, n: int, n_features: int, dim: int, shape: str) -> Shape:
-    """Validate the arguments shared by the public generators and return the shape."""
-    _check_int("seed", seed, 0)
-    _check_int("n", n, 1)
-    _check_int("dim", dim, 2)
-    _check_int("n_features", n_features, 1, dim // 2)
-    if shape not in SHAPES:
-        closest = difflib.get_close_matches(str(shape), SHAPES, n=1, cutoff=0.0)
-        raise ValueError(
-            f"shape must be one of {sorted(SHAPES)}, got {shape!r}; did you mean {closest[0]!r}?"
-        )
-    return SHAPES[shape]
+def _check_common(seed: int, n: int, n_features: int, dim: int, shape: str) -> tuple[int, int, int, int, Shape]:
+    """Validate the arguments shared by the public generators: the counts as ints, and the shape."""
+    seed = _value_error(integer, "seed", seed, minimum=0)
+    n = _value_error(integer, "n", n, minimum=1)
+    dim = _value_error(integer, "dim", dim, minimum=2)
+    n_features = _value_error(integer, "n_features", n_features, minimum=1, maximum=dim // 2)
+    return seed, n, n_features, dim, SHAPES[_value_error(choice, "shape", shape, tuple(SHAPES))]
 
 
 def make_ticks(
@@ -316,7 +308,7 @@ def make_ticks(
     ValueError
         If an argument is outside its allowed values.
     """
-    spec = _check_common(seed, n, n_features, dim, shape)
+    seed, n, n_features, dim, spec = _check_common(seed, n, n_features, dim, shape)
     if not isinstance(stream, str):
         raise ValueError(f"stream must be a str such as 'train' or 'test', got {stream!r}")
     fractions = np.asarray(informative, dtype=np.float64)
@@ -368,7 +360,7 @@ def single_feature_sets(
     ValueError
         If an argument is outside its allowed values.
     """
-    spec = _check_common(seed, n, n_features, dim, shape)
+    seed, n, n_features, dim, spec = _check_common(seed, n, n_features, dim, shape)
     sets = [
         _generate(_rng(seed, f"single/{k}"), n, dim, np.eye(n_features)[k], 0.0, spec)
         for k in range(n_features)

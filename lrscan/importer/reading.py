@@ -22,7 +22,7 @@ import torch
 
 from lrscan.errors import LrscanError
 from lrscan.store import canonical_nan
-from lrscan.train.engine import Layer
+from lrscan.train.flat import Layer
 
 # Keys under which checkpoints commonly nest the model's state dict, looked up in this order.
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")
@@ -368,7 +368,7 @@ def read_checkpoint(
     path
         The file, on ``fs`` (default: the local filesystem, or the URL's).
     layers
-        The model's flat layout (:func:`lrscan.train.engine.layout`).
+        The model's flat layout (:func:`lrscan.train.flat.layout`).
     accuracy
         ``"fraction"``, ``"percent"``, or ``"auto"``: a value above 1 is a percentage.
     name

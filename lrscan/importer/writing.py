@@ -34,7 +34,7 @@ from lrscan.importer.reading import (
 from lrscan.models.entry import official_names
 from lrscan.spec import Spec, parse_override
 from lrscan.store import RunEnd, StoreCheckpoints, StoreWriter, create_or_check, read_spec
-from lrscan.train.engine import Layer, si_norm
+from lrscan.train.flat import Layer, si_norm
 from lrscan.train.loop import METRICS
 from lrscan.train.sweep import Progress, Setup, Sweep
 from lrscan.version import __version__ as lrscan_version

@@ -58,7 +58,7 @@ class ModelEntry:
 
     @property
     def norm_group(self) -> str:
-        """The parameter group whose norm is the model's weight norm (:func:`lrscan.train.engine.si_norm`):
+        """The parameter group whose norm is the model's weight norm (:func:`lrscan.train.flat.si_norm`):
         ``"si"`` for a model trained on the sphere, ``"trainable"`` for one that is not."""
         return "si" if self.update == "sphere" else "trainable"
 

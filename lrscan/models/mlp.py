@@ -16,6 +16,7 @@ from torch.nn import functional as F
 
 from lrscan.errors import LrscanError
 from lrscan.models.entry import ModelEntry
+from lrscan.options import integer, number
 
 
 def mlp_apply(hidden: Sequence[Tensor], head: Tensor, x: Tensor, eps: float) -> Tensor:
@@ -59,13 +60,9 @@ def forward_batched(module: SIMLP, params: Mapping[str, Tensor], x: Tensor) -> T
 
 def validate(options: dict[str, Any]) -> dict[str, Any]:
     for key in ("width", "depth"):
-        if isinstance(options[key], bool) or not isinstance(options[key], int) or options[key] < 1:
-            raise LrscanError(f"[model] {key} must be a positive whole number, got {options[key]!r}")
+        options[key] = integer(f"[model] {key}", options[key], minimum=1)
     for key in ("head_norm", "eps"):
-        value = options[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise LrscanError(f"[model] {key} must be a positive number, got {value!r}")
-        options[key] = float(value)
+        options[key] = number(f"[model] {key}", options[key], positive=True)
     return options
 
 

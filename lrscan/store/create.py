@@ -22,7 +22,7 @@ from lrscan.units import label
 from lrscan.version import __version__ as lrscan_version
 
 if TYPE_CHECKING:
-    from lrscan.train.engine import Layer
+    from lrscan.train.flat import Layer
     from lrscan.train.plan import Plan
 
 

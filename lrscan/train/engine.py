@@ -6,16 +6,16 @@ ones: their running statistics are per-run buffers) is called run by run through
 ``torch.func.functional_call`` on views of the same stacked tensors, so both paths share
 the update, the projection and the evaluation — and give the same weights.
 
-The update is the study's projected SGD on the sphere for SI models, or ordinary SGD /
-Adam for the practical baselines; its state (momentum, Adam moments) is stacked the same
-way, so a snapshot of :meth:`Engine.state` continues a stage exactly.
+The update (:mod:`lrscan.train.updates`) is the study's projected SGD on the sphere for SI
+models, or ordinary SGD / Adam for the practical baselines; its state is stacked the same way,
+so a snapshot of :meth:`Engine.state` continues a stage exactly. The flat state vector's
+layout, norms and projection are :mod:`lrscan.train.flat`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-from dataclasses import dataclass
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
@@ -25,6 +25,8 @@ from torch.func import functional_call
 from torch.nn import functional as F
 
 from lrscan.models import ModelEntry
+from lrscan.train.flat import batch_norms, layout, si_norm
+from lrscan.train.updates import initial_state, make_update, runs_sq
 
 # Samples taken at once by the passes over a whole set — BatchNorm recomputation, sharpness,
 # and scoring on an accelerator: the synthetic sets in one pass.
@@ -42,83 +44,6 @@ def eval_samples(device: torch.device) -> int:
     return CPU_EVAL_SAMPLES if torch.device(device).type == "cpu" else EVAL_SAMPLES
 
 
-@dataclass(frozen=True)
-class Layer:
-    """One tensor's place in the flat state vector: a parameter, or a float buffer
-    (BatchNorm running statistics), which is neither SI nor trainable."""
-
-    name: str
-    start: int
-    stop: int
-    shape: tuple[int, ...]
-    si: bool
-    trainable: bool
-    buffer: bool = False
-
-
-def _float_buffers(module: nn.Module):
-    # Integer buffers (BatchNorm's num_batches_tracked) carry no state lrscan uses.
-    return [(n, b) for n, b in module.named_buffers() if b.is_floating_point()]
-
-
-def layout(entry: ModelEntry, module: nn.Module) -> tuple[Layer, ...]:
-    """The flat-vector layout of a module: parameters in ``named_parameters`` order, then
-    float buffers in ``named_buffers`` order."""
-    layers, start = [], 0
-    for name, p in module.named_parameters():
-        layers.append(Layer(name, start, start + p.numel(), tuple(p.shape), entry.is_si(name), p.requires_grad))
-        start += p.numel()
-    for name, b in _float_buffers(module):
-        layers.append(Layer(name, start, start + b.numel(), tuple(b.shape), False, False, buffer=True))
-        start += b.numel()
-    return tuple(layers)
-
-
-def flat_state(module: nn.Module, layers: Sequence[Layer]) -> Tensor:
-    """A module's own parameters and buffers as one flat vector in ``layers`` order, (P,)."""
-    tensors = {**dict(module.named_parameters()), **dict(module.named_buffers())}
-    return torch.cat([tensors[layer.name].detach().reshape(-1) for layer in layers])
-
-
-def si_norm(flat: Tensor, layers: tuple[Layer, ...], *, group: str = "si") -> Tensor:
-    """Norm of a group (``"si"`` or ``"trainable"``) of each row of ``flat`` (M, P), in float64."""
-    total = torch.zeros(flat.shape[0], dtype=torch.float64, device=flat.device)
-    for layer in layers:
-        if getattr(layer, group):
-            total += flat[:, layer.start : layer.stop].double().square().sum(1)
-    return total.sqrt()
-
-
-def project(flat: Tensor, layers: tuple[Layer, ...], radius: float | None) -> Tensor:
-    """Rescale the SI group of each row of ``flat`` (M, P) to norm ``radius`` (one factor per row).
-
-    ``radius=None`` (a model not trained on a sphere) leaves ``flat`` as it is.
-    """
-    if radius is None:
-        return flat
-    out = flat.clone()
-    scale = (radius / si_norm(flat, layers)).to(flat.dtype)
-    for layer in layers:
-        if layer.si:
-            out[:, layer.start : layer.stop] *= scale[:, None]
-    return out
-
-
-def swa_average(window: Tensor, members: Sequence[Sequence[int]], layers: tuple[Layer, ...],
-                radius: float | None) -> Tensor:
-    """SWA solutions: for each entry of ``members``, the uniform mean of those rows of
-    ``window`` (..., n, P) (:meth:`lrscan.train.plan.Plan.swa_members` says which).
-
-    Means are taken in float64 and put back on the sphere (an SI model only sees the
-    direction); the result is (..., len(members), P) in float32.  Averaged BatchNorm buffers
-    are placeholders: an average is a constructed point whose statistics are recomputed
-    (:meth:`Engine.recompute_bn`) before it is scored.
-    """
-    w = window.double()
-    means = torch.stack([w[..., list(rows), :].mean(-2) for rows in members], -2)
-    return project(means.reshape(-1, means.shape[-1]).float(), layers, radius).reshape(means.shape)
-
-
 def loss_and_correct(logits: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     """Per-sample loss and correctness for logits (..., C) and labels (...).
 
@@ -132,11 +57,6 @@ def loss_and_correct(logits: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     return loss, logits.argmax(-1) == y
 
 
-def batch_norms(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    """The BatchNorm layers of a module (empty for a model without BatchNorm)."""
-    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-
-
 class StepStats(NamedTuple):
     """What one training step measured for each run, (M,) float32 each."""
 
@@ -145,86 +65,10 @@ class StepStats(NamedTuple):
     acc: Tensor  # accuracy on that mini-batch, from the same logits
 
 
-def _expand(v: Tensor, like: Tensor) -> Tensor:
-    return v.view(-1, *[1] * (like.dim() - 1))
-
-
 def _gather(data_x: Tensor, data_y: Tensor, which: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
     """The runs' batches: samples ``idx[m]`` (M, B) of dataset ``which[m]`` of ``data_x`` / ``data_y``."""
     rows = which[:, None]
     return data_x[rows, idx], data_y[rows, idx]
-
-
-def _runs_sq(tensors) -> Tensor:
-    """Each run's sum of squares over ``tensors`` (each (M, ...)), in their float32: the step's
-    projection and gradient norm. (Summing in float64 made the update of the synthetic MLP take
-    1.9x the CPU time, for differences of 1e-7 relative; analyses measure norms in float64.)"""
-    return sum(t.reshape(t.shape[0], -1).square().sum(1) for t in tensors)
-
-
-# ---- updates: (params, grads, state, lr) -> (params, state), all stacked over runs --------------
-
-def _sphere(radius: float) -> Callable:
-    def update(params, grads, state, lr):
-        moved = {n: p - _expand(lr, p) * grads[n] for n, p in params.items()}
-        scale = radius / _runs_sq(moved.values()).sqrt()
-        return {n: p * _expand(scale, p) for n, p in moved.items()}, state
-    return update
-
-
-def _sgd(momentum: float, weight_decay: float) -> Callable:
-    # torch.optim.SGD's rule (dampening 0, not Nesterov); the buffer starts at zero, which
-    # makes its first value the gradient itself, as in torch.
-    def update(params, grads, state, lr):
-        new_params, new_state = {}, {}
-        for n, p in params.items():
-            g = grads[n] + weight_decay * p if weight_decay else grads[n]
-            if momentum:
-                g = new_state[f"{n}/momentum"] = momentum * state[f"{n}/momentum"] + g
-            new_params[n] = p - _expand(lr, p) * g
-        return new_params, new_state
-    return update
-
-
-def _adam(weight_decay: float, betas: tuple[float, float], eps: float = 1e-8) -> Callable:
-    # torch.optim.Adam with coupled weight decay (added to the gradient), as the ViT setup uses.
-    b1, b2 = betas
-
-    def update(params, grads, state, lr):
-        t = state["step"] + 1
-        new_params, new_state = {}, {"step": t}
-        c1, c2 = (1 - b1**t).float(), (1 - b2**t).sqrt().float()
-        for n, p in params.items():
-            g = grads[n] + weight_decay * p if weight_decay else grads[n]
-            m = new_state[f"{n}/exp_avg"] = b1 * state[f"{n}/exp_avg"] + (1 - b1) * g
-            v = new_state[f"{n}/exp_avg_sq"] = b2 * state[f"{n}/exp_avg_sq"] + (1 - b2) * g * g
-            new_params[n] = p - _expand(lr / c1, p) * m / (v.sqrt() / _expand(c2, p) + eps)
-        return new_params, new_state
-    return update
-
-
-def _initial_state(update: str, params: Mapping[str, Tensor], options: Mapping[str, Any]) -> dict[str, Tensor]:
-    if update == "sgd" and options.get("momentum", 0.0):
-        return {f"{n}/momentum": torch.zeros_like(p) for n, p in params.items()}
-    if update == "adam":
-        m = next(iter(params.values())).shape[0]
-        state = {"step": torch.zeros(m, dtype=torch.float64, device=next(iter(params.values())).device)}
-        for n, p in params.items():
-            state[f"{n}/exp_avg"] = torch.zeros_like(p)
-            state[f"{n}/exp_avg_sq"] = torch.zeros_like(p)
-        return state
-    return {}
-
-
-def make_update(entry: ModelEntry, options: Mapping[str, Any], radius: float | None) -> Callable:
-    """The update rule of a model entry with its options (see ``ModelEntry.update``)."""
-    if entry.update == "sphere":
-        return _sphere(radius)
-    if entry.update == "sgd":
-        return _sgd(float(options.get("momentum", 0.0)), float(options.get("weight_decay", 0.0)))
-    if entry.update == "adam":
-        return _adam(float(options.get("weight_decay", 0.0)), tuple(options.get("betas", (0.9, 0.999))))
-    raise ValueError(f"unknown update rule {entry.update!r}")
 
 
 @contextlib.contextmanager
@@ -304,7 +148,7 @@ class Engine:
         self.group = entry.norm_group
         self.lr_scale = radius**2 if entry.update == "sphere" else 1.0
         self._update = make_update(entry, options or {}, radius)
-        self.opt_state = _initial_state(entry.update, self.params, options or {})
+        self.opt_state = initial_state(entry.update, self.params, options or {})
         self.autocast = precision == "bf16"
         self.tf32 = tf32
         self.compiled = compile
@@ -376,7 +220,7 @@ class Engine:
     def _step_all(self, params, state, x, y, lr):
         grads, (loss, acc) = self._grads(params, x, y)
         params, state = self._update(params, grads, state, lr)
-        return params, state, _runs_sq(grads.values()).sqrt(), loss, acc
+        return params, state, runs_sq(grads.values()).sqrt(), loss, acc
 
     def _gather_step(self, params, state, data_x, data_y, which, idx, lr):
         return self._step_all(params, state, *_gather(data_x, data_y, which, idx), lr)
@@ -580,7 +424,3 @@ class Engine:
         self.params = self._laid_out({n: get(f"param/{n}") for n in self.params})
         self.buffers = {n: get(f"buffer/{n}") for n in self.buffers}
         self.opt_state = self._laid_out({n: get(f"update/{n}") for n in self.opt_state})
-
-
-def to_numpy(t: Tensor) -> np.ndarray:
-    return t.detach().cpu().numpy()

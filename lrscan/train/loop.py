@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lrscan.train.engine import Engine, to_numpy
+from lrscan.train.engine import Engine
+from lrscan.train.flat import to_numpy
 from lrscan.train.plan import Stage
 
 # Runs evaluated together (at most): on the 2-core AMD EPYC development machine, evaluating 256

@@ -28,7 +28,8 @@ from lrscan.spec import Spec
 from lrscan.store import (Claim, RunData, RunEnd, StoreCheckpoints, StoreWriter, _root_attrs, beside,
                           create_or_check, is_local, store_path, weight_chunk_rows)
 from lrscan.train.estimate import estimate
-from lrscan.train.engine import Engine, flat_state, layout, project, swa_average, to_numpy
+from lrscan.train.engine import Engine
+from lrscan.train.flat import flat_state, layout, project, swa_average, to_numpy
 from lrscan.train.loop import EVAL_CHUNK, DeviceData, Snapshot, run_stage, seed_key
 from lrscan.train.plan import Plan
 
@@ -82,7 +83,7 @@ class Setup:
 
     @functools.cached_property
     def layers(self) -> tuple:
-        """The flat-vector layout of the model (:func:`lrscan.train.engine.layout`)."""
+        """The flat-vector layout of the model (:func:`lrscan.train.flat.layout`)."""
         return layout(self.entry, self.module)
 
     def engine(self, flat: torch.Tensor, *, batched: bool | None = None, compile: bool = False) -> Engine:
