@@ -1,7 +1,12 @@
 """lrscan: where do large learning rates lead? Sweeps of scale-invariant networks on a sphere."""
 
-from lrscan import accessor  # noqa: F401  (registers the tree.lrscan accessor)
+import importlib
+
+from lrscan.postimport import when_imported
 from lrscan.version import __version__  # noqa: F401
+
+# The tree.lrscan accessor, registered as soon as xarray is loaded (see lrscan.postimport).
+when_imported("xarray", lambda: importlib.import_module("lrscan.accessor"))
 
 
 def open(store):  # noqa: A001 - mirrors xarray's open_* naming
@@ -20,7 +25,5 @@ def open(store):  # noqa: A001 - mirrors xarray's open_* naming
 def __getattr__(name):
     # `lrscan.plot` loads HoloViews, Bokeh and Panel: only when first used.
     if name == "plot":
-        import importlib
-
         return importlib.import_module("lrscan.plot")
     raise AttributeError(f"module 'lrscan' has no attribute {name!r}")

@@ -91,9 +91,9 @@ def analyze(store, only, workers, scheduler, settings, as_json) -> None:
     path = store_argument(store, default_store(None, None))
     if workers and scheduler:
         raise UserError("give either --workers or --scheduler, not both")
-    from lrscan.store import open_store
+    from lrscan.store.reading import read_spec
 
-    open_store(path)  # a missing or damaged store is refused before the analyzers load
+    read_spec(path)  # a missing or damaged store is refused before the analyzers (and xarray) load
     from lrscan.analyze.run import analyze as run_analysis
     from lrscan.analyze.run import parse_options
 
@@ -128,12 +128,14 @@ def analyzers() -> None:
 def info(store, as_json) -> None:
     """Summarise what a store holds: how much of its sweep is done, diverged runs, batches in
     progress, the stored analyses (up to date or stale), regimes and the best PLR."""
+    from lrscan.store.reading import _root_attrs
     from lrscan.store.status import store_status
     from lrscan.summary import summarise
 
     path = store_argument(store, default_store(None, None))
-    state = store_status(path)
-    lines = summarise(path, state["stages"]).splitlines()
+    attrs = _root_attrs(path)  # checks the store, once
+    state = store_status(path, attrs)
+    lines = summarise(path, state, attrs).splitlines()
     if state["status"] == "training":  # not "run lrscan train": one is running
         lines = [line for line in lines if not line.startswith("status ")]
         lines.append(f"status    training: {len(state['in_progress'])} batches in progress now")

@@ -3,17 +3,29 @@
 from __future__ import annotations
 
 import os
-import fsspec
-import zarr
+from typing import Mapping
 
-from lrscan.store import _root_attrs
-from lrscan.store.status import stage_runs
 from lrscan.spec import Spec
+from lrscan.store.reading import _fs, _root_attrs, is_local
+from lrscan.store.status import store_status
 
 
 def _size(path: str | os.PathLike) -> int:
-    fs, root = fsspec.core.url_to_fs(str(path))
-    return fs.du(root)
+    """Bytes a store takes on disk: walked with ``os.scandir`` where it is local (fsspec's ``du``
+    stats file by file through its own layers: 1.3 s against 0.09 s for the default store's
+    5,600 files), through fsspec elsewhere."""
+    fs, root = _fs(path)
+    if not is_local(path):
+        return fs.du(root)
+    total, folders = 0, [root]
+    while folders:
+        with os.scandir(folders.pop()) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    folders.append(entry.path)
+                else:
+                    total += entry.stat(follow_symlinks=False).st_size
+    return total
 
 
 def _grid(values) -> str:
@@ -21,12 +33,14 @@ def _grid(values) -> str:
     return f"{len(values)} ({values[0]:.3g} … {values[-1]:.3g})" if len(values) > 1 else f"1 ({values[0]:.3g})"
 
 
-def summarise(path: str | os.PathLike, stages: dict[str, dict[str, int]] | None = None) -> str:
-    """Describe a store in a few lines (the output of ``lrscan info``); ``stages`` are its
-    runs per stage (:func:`lrscan.store.status.stage_runs`) when the caller has read them."""
-    attrs = _root_attrs(path)
+def summarise(path: str | os.PathLike, state: Mapping | None = None, attrs: Mapping | None = None) -> str:
+    """Describe a store in a few lines (the start of ``lrscan info``). ``state`` is its
+    :func:`~lrscan.store.status.store_status` and ``attrs`` its root attributes when the caller
+    has them (read here otherwise)."""
+    attrs = _root_attrs(path) if attrs is None else attrs
     spec = Spec.from_dict(attrs["spec"])
-    status = stage_runs(path)[0] if stages is None else stages
+    state = store_status(path, attrs) if state is None else state
+    status, analyses = state["stages"], state["analyses"]
     seeds = len(spec.seeds) * len(spec.data_seeds)
     lines = [
         f"store     {path}  (schema {attrs['lrscan_schema']}, lrscan {attrs['lrscan_version']}, "
@@ -47,8 +61,7 @@ def summarise(path: str | os.PathLike, stages: dict[str, dict[str, int]] | None 
         lines.append(f"{stage:9s} {runs['done']}/{runs['total']} runs done{extra}")
     complete = all(runs["done"] == runs["total"] for runs in status.values())
     lines.append(f"size      {_size(path) / 1e6:.1f} MB on disk")
-    root = zarr.open_group(str(path), mode="r")
-    adaptive = [name for name in ("scan", "threshold") if f"analysis/{name}" in root]
+    adaptive = [name for name in ("scan", "threshold") if name in analyses]
     if adaptive:  # an adaptive search trains only the grid points it picks
         lines.append(f"status    a `lrscan {adaptive[0]}` store: only the PLRs the search picked are trained; "
                      f"its result is in /analysis/{adaptive[0]}")

@@ -58,6 +58,37 @@ def test_commands_that_do_not_train_never_import_torch(analysed, tmp_path):
     assert runs[f"info {tmp_path / 'missing'}"][0] == 2 and runs[f"verify {path}"][0] == 0
 
 
+def test_info_verify_and_the_listings_read_through_files_alone(analysed):
+    # Within 1 s of Python's start-up (benchmarks/cli_latency.py) only without xarray, dask and
+    # zarr, each of which takes a large part of that second to import.
+    path, _ = analysed
+    script = textwrap.dedent(f"""
+        import json, sys
+        from click.testing import CliRunner
+        from lrscan.cli import main
+        out = {{}}
+        for args in {[["info", str(path)], ["info", str(path), "--json"], ["verify", str(path)], ["analyzers"],
+                      ["presets"], ["--help"]]!r}:
+            result = CliRunner().invoke(main, args)
+            out[" ".join(args)] = [result.exit_code, [m for m in ("torch", "xarray", "dask", "zarr") if m in sys.modules]]
+        print(json.dumps(out))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    runs = json.loads(done.stdout.strip().splitlines()[-1])
+    assert runs == {f"info {path}": [0, []], f"info {path} --json": [0, []], f"verify {path}": [0, []],
+                    "analyzers": [0, []], "presets": [0, []], "--help": [0, []]}
+
+
+def test_the_accessor_is_there_whichever_of_lrscan_and_xarray_is_imported_first(trained_small):
+    check = f"import xarray as xr; tree = xr.open_datatree({str(trained_small)!r}, engine='zarr', consolidated=False); " \
+            "print(type(tree.lrscan).__name__, 'metrics' in tree.lrscan.analyzers)"
+    for first in (f"import sys, lrscan; assert 'xarray' not in sys.modules; {check}", f"import xarray, lrscan; {check}"):
+        done = subprocess.run([sys.executable, "-c", first], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split() == ["LrscanAccessor", "True"]
+
+
 def test_info_lists_analyses_regimes_and_the_best_plr(analysed):
     path, _ = analysed
     text = cli("info", path)

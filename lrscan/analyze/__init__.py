@@ -13,11 +13,12 @@ summaries are known from :data:`BUILTINS` alone, so listing them imports none.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
-
-import xarray as xr
+from typing import TYPE_CHECKING, Callable
 
 from lrscan.registry import Registry
+
+if TYPE_CHECKING:  # listing the analyzers (`lrscan analyzers`) loads neither xarray nor any of them
+    import xarray as xr
 
 
 @dataclass(frozen=True)

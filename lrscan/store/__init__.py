@@ -18,21 +18,30 @@ run's writes touch nothing of any other run, and its ``done`` flag is written af
 See store/README.md for the user-facing description.
 
 One module per job: :mod:`~lrscan.store.reading` (location, attributes, damage),
+:mod:`~lrscan.store.opening` (as a lazy DataTree),
 :mod:`~lrscan.store.create` (the skeleton), :mod:`~lrscan.store.checksum`,
 :mod:`~lrscan.store.writer` (region writes), :mod:`~lrscan.store.stream` (the streamed
 checkpoint sink, which needs torch and is loaded on first use), :mod:`~lrscan.store.claims`,
-:mod:`~lrscan.store.verify` and :mod:`~lrscan.store.digest` (what analyses were computed from). Reading and checking a store never imports torch.
+:mod:`~lrscan.store.verify`, :mod:`~lrscan.store.arrays` (the runs' bookkeeping in one pass),
+:mod:`~lrscan.store.digest` (what analyses were computed from) and :mod:`~lrscan.store.status`
+(what ``lrscan info`` reports). Reading and checking a store never imports torch; ``lrscan info``
+and ``verify`` read through zarr alone.
 """
 
 from lrscan.store.checksum import RunData, canonical_nan, run_checksum, weights_crc
 from lrscan.store.claims import Claim, beside, claims_in_progress
 from lrscan.store.digest import runs_digest
-from lrscan.store.create import check_store, create_or_check, store_path, weight_chunk_rows
 # The private readers stay importable from here, as from the module this package replaced.
-from lrscan.store.reading import (RUN_DIMS, SCHEMA_VERSION, SWA_METRICS, StoreDamaged, _fs, _require_store,  # noqa: F401
-                                  _root_attrs, attach, damage, is_local, open_store, read_spec)
-from lrscan.store.verify import RUN_FLAGS, Problem, verify
-from lrscan.store.writer import RunEnd, StoreWriter, WeightBlock
+from lrscan.store.reading import (RUN_DIMS, RUN_FLAGS, SCHEMA_VERSION, SWA_METRICS, StoreDamaged, _fs,  # noqa: F401
+                                  _require_store, _root_attrs, damage, is_local, read_spec)
+from lrscan.store.verify import Problem, verify
+
+# Loaded on first use: opening a store as a DataTree needs xarray, making one dask, writing one
+# zarr (`lrscan info` and `verify` read the files alone, and would pay most of their second to
+# import those), and the streamed sink subclasses the training loop's, which imports torch.
+_LAZY = {"attach": "opening", "open_store": "opening", "check_store": "create", "create_or_check": "create",
+         "store_path": "create", "weight_chunk_rows": "create", "RunEnd": "writer", "StoreWriter": "writer",
+         "WeightBlock": "writer", "StoreCheckpoints": "stream"}
 
 __all__ = [
     "RUN_DIMS", "RUN_FLAGS", "SCHEMA_VERSION", "SWA_METRICS", "Claim", "attach", "Problem", "RunData",
@@ -43,9 +52,8 @@ __all__ = [
 
 
 def __getattr__(name):
-    # The streamed sink subclasses the training loop's, which imports torch: only when used.
-    if name == "StoreCheckpoints":
-        from lrscan.store.stream import StoreCheckpoints
+    if name not in _LAZY:
+        raise AttributeError(f"module 'lrscan.store' has no attribute {name!r}")
+    import importlib
 
-        return StoreCheckpoints
-    raise AttributeError(f"module 'lrscan.store' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"lrscan.store.{_LAZY[name]}"), name)

@@ -4,37 +4,43 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable, Mapping
 
 import numpy as np
-import xarray as xr
-import zarr
 
+from lrscan.store.arrays import STAGES, read_flags
+from lrscan.store.reading import attributes
 
-def runs_digest(tree: xr.DataTree | str | os.PathLike, stages: Iterable[str] = ("pretrain", "swa", "finetune")) -> str:
+if TYPE_CHECKING:
+    import xarray as xr
+
+def runs_digest(tree: xr.DataTree | str | os.PathLike, stages: Iterable[str] = STAGES) -> str:
     """A digest of the ``done`` flags and ``checksum`` of every run of ``stages``, and of how
     often ``verify --fix`` repaired the store: a result computed from the runs is stale once
     it changes (a run redone, cleared or repaired), even when retraining restores the same bits.
 
-    ``tree`` is an opened store or its path (read straight through zarr: the same digest, faster).
+    ``tree`` is an opened store or its path (read through :func:`~lrscan.store.arrays.read_flags`:
+    the same digest, faster).
     """
-    if isinstance(tree, xr.DataTree):
-        attrs, read = tree.attrs, lambda group, name: tree[group][name].values
-        def has(group: str, name: str) -> bool:
-            stage, child = group.split("/")
-            return stage in tree.children and child in tree[stage].children and name in tree[group]
+    if isinstance(tree, (str, os.PathLike)):
+        return flags_digest(read_flags(tree), attributes(tree).get("repairs", 0), stages)
+    flags = {}
+    for stage in STAGES:
+        if stage in tree.children and "metrics" in tree[stage].children:
+            metrics = tree[f"{stage}/metrics"]
+            flags[stage] = {name: metrics[name].values for name in ("done", "checksum") if name in metrics}
+    return flags_digest(flags, tree.attrs.get("repairs", 0), stages)
 
-    else:
-        root = zarr.open_group(str(tree), mode="r")
-        attrs, read = root.attrs, lambda group, name: root[f"{group}/{name}"][...]
-        has = lambda group, name: f"{group}/{name}" in root  # noqa: E731
-    h = hashlib.sha256(str(int(attrs.get("repairs", 0))).encode())
+
+def flags_digest(flags: Mapping[str, Mapping[str, np.ndarray]], repairs: int, stages: Iterable[str] = STAGES) -> str:
+    """:func:`runs_digest` of runs' flags already read (``{stage: {"done": ..., "checksum": ...}}``,
+    as :func:`~lrscan.store.arrays.read_flags` gives them) and the store's ``repairs`` count."""
+    h = hashlib.sha256(str(int(repairs)).encode())
     for stage in sorted(set(stages)):
-        group = f"{stage}/metrics"
-        if not has(group, "done"):
+        if "done" not in flags.get(stage, {}):
             continue
         h.update(stage.encode())
         for name in ("done", "checksum"):
-            if has(group, name):
-                h.update(np.ascontiguousarray(read(group, name)).tobytes())
+            if name in flags[stage]:
+                h.update(np.ascontiguousarray(flags[stage][name]).tobytes())
     return h.hexdigest()

@@ -1,4 +1,5 @@
-"""Reading a store: where it lives, its root attributes and spec, and damage that makes it unreadable."""
+"""Reading a store through zarr: where it lives, its root attributes and spec, and damage that
+makes it unreadable. (Opening it as an xarray DataTree is :mod:`lrscan.store.opening`.)"""
 
 from __future__ import annotations
 
@@ -6,8 +7,6 @@ import json
 import os
 
 import fsspec
-import xarray as xr
-import zarr
 
 from lrscan.errors import LrscanError
 from lrscan.spec import Spec
@@ -40,45 +39,20 @@ def is_local(store: str | os.PathLike) -> bool:
 RUN_FLAGS = ("done", "checksum", "diverged_epoch")
 
 
-def open_store(path: str | os.PathLike, *, settled: bool = False) -> xr.DataTree:
-    """Open a store lazily: every variable is a dask array, nothing is read until computed.
-
-    ``settled=True`` is for a store that nothing trains any more (``lrscan analyze``): the
-    runs' bookkeeping (:data:`RUN_FLAGS`) is read now, in one pass straight through zarr,
-    rather than through dask one run-sized chunk at a time on every use (0.9 s per read of
-    the default store's fine-tuning flags, against 0.15 s for all of them at once).
-    """
-    _require_store(path)
-    tree = xr.open_datatree(str(path), engine="zarr", chunks={}, consolidated=False)
-    if settled:
-        root = zarr.open_group(str(path), mode="r")
-        for stage in RUN_DIMS:
-            group = f"{stage}/metrics"
-            if stage not in tree.children or "metrics" not in tree[stage].children:
-                continue
-            ds = tree[group].to_dataset()
-            for name in RUN_FLAGS:
-                if name in ds:
-                    ds[name] = ds[name].copy(data=root[f"{group}/{name}"][...])
-            tree[group].dataset = ds
-    return tree
-
-
-def attach(tree: xr.DataTree, path: str | os.PathLike, group: str) -> xr.DataTree:
-    """``tree`` with its node at ``group`` (re)read from the store at ``path``, lazily: what a
-    reader needs after writing one group, without reopening the whole store."""
-    tree[group] = xr.open_dataset(str(path), group=group, engine="zarr", chunks={}, consolidated=False)
-    return tree
-
-
 def read_spec(path: str | os.PathLike) -> Spec:
     """The resolved spec a store was made from."""
     return Spec.from_dict(_root_attrs(path)["spec"])
 
 
+def attributes(path: str | os.PathLike, group: str = "") -> dict:
+    """The attributes of a group of a store (its root by default), read from its ``zarr.json``."""
+    fs, root = _fs(path)
+    return _metadata(fs, f"{root}/{group}/zarr.json" if group else f"{root}/zarr.json", path).get("attributes", {})
+
+
 def _root_attrs(path: str | os.PathLike) -> dict:
     _require_store(path)
-    attrs = zarr.open_group(str(path), mode="r").attrs.asdict()
+    attrs = attributes(path)
     schema = attrs.get("lrscan_schema")
     if schema != SCHEMA_VERSION:
         raise LrscanError(
