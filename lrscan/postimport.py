@@ -11,7 +11,6 @@ Every store a user can touch comes from xarray, so it always has the accessor.
 from __future__ import annotations
 
 import importlib.abc
-import importlib.machinery
 import importlib.util
 import sys
 from typing import Callable
@@ -26,20 +25,30 @@ def when_imported(name: str, then: Callable[[], object]) -> None:
 
 
 class _Finder(importlib.abc.MetaPathFinder):
-    """Finds nothing itself: on the import of its module, it asks the other finders for the
-    module and wraps the loader they return, then takes itself off ``sys.meta_path``."""
+    """Finds nothing itself: asked for its module, it asks the other finders and wraps the
+    loader they return. It leaves ``sys.meta_path`` once the module has been executed — not when
+    it is merely looked for (``importlib.util.find_spec`` probes, which libraries use to see what
+    is installed, load nothing)."""
 
     def __init__(self, name: str, then: Callable[[], object]):
-        self.name, self.then = name, then
+        self.name, self.then, self._asking = name, then, False
 
     def find_spec(self, fullname, path=None, target=None):
-        if fullname != self.name:
+        if fullname != self.name or self._asking:
             return None
-        sys.meta_path.remove(self)  # once, and not while the other finders are asked
-        spec = importlib.util.find_spec(fullname)
+        self._asking = True  # the other finders are asked through sys.meta_path, which holds this one
+        try:
+            spec = importlib.util.find_spec(fullname)
+        finally:
+            self._asking = False
         if spec is not None and spec.loader is not None:
-            spec.loader = _Then(spec.loader, self.then)
+            spec.loader = _Then(spec.loader, self._done)
         return spec
+
+    def _done(self) -> None:
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+        self.then()
 
 
 class _Then(importlib.abc.Loader):

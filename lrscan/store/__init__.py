@@ -25,7 +25,7 @@ checkpoint sink, which needs torch and is loaded on first use), :mod:`~lrscan.st
 :mod:`~lrscan.store.verify`, :mod:`~lrscan.store.arrays` (the runs' bookkeeping in one pass),
 :mod:`~lrscan.store.digest` (what analyses were computed from) and :mod:`~lrscan.store.status`
 (what ``lrscan info`` reports). Reading and checking a store never imports torch; ``lrscan info``
-and ``verify`` read through zarr alone.
+and ``verify`` read the store's files without zarr, xarray or dask.
 """
 
 from lrscan.store.checksum import RunData, canonical_nan, run_checksum, weights_crc

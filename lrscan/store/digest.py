@@ -14,6 +14,7 @@ from lrscan.store.reading import attributes
 if TYPE_CHECKING:
     import xarray as xr
 
+
 def runs_digest(tree: xr.DataTree | str | os.PathLike, stages: Iterable[str] = STAGES) -> str:
     """A digest of the ``done`` flags and ``checksum`` of every run of ``stages``, and of how
     often ``verify --fix`` repaired the store: a result computed from the runs is stale once

@@ -1,5 +1,6 @@
-"""Reading a store through zarr: where it lives, its root attributes and spec, and damage that
-makes it unreadable. (Opening it as an xarray DataTree is :mod:`lrscan.store.opening`.)"""
+"""Reading a store's metadata through fsspec alone: where it lives, its root attributes and
+spec, and damage that makes it unreadable. (Opening it as an xarray DataTree is
+:mod:`lrscan.store.opening`; its small arrays, :mod:`lrscan.store.arrays`.)"""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """What a store holds now, as plain data for ``lrscan info``: runs done and diverged, analyses
-and whether they are up to date, the regimes found, batches in progress. Reads through zarr
-alone, each thing once: the root attributes, the runs' bookkeeping (one pass), ``/analysis``'s
-attributes and the regime map's few arrays."""
+and whether they are up to date, the regimes found, batches in progress. Reads the store's
+files directly (:mod:`lrscan.store.arrays`, without zarr), each thing once: the root attributes,
+the runs' bookkeeping (one pass), ``/analysis``'s attributes and the regime map's few arrays."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from typing import Mapping
 
 import numpy as np
 
+from lrscan.store.arrays import has_array, read_array, read_flags
 from lrscan.store.claims import claims_in_progress
 from lrscan.store.digest import flags_digest
-from lrscan.store.arrays import has_array, read_array, read_flags
 from lrscan.store.reading import RUN_DIMS, _fs, _root_attrs, attributes
 from lrscan.version import __version__ as lrscan_version
 
