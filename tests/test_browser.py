@@ -3,6 +3,8 @@
 Skipped only when Debian's chromium / chromium-driver are not installed (.ci/run installs them).
 """
 
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -19,6 +21,35 @@ FIGURE_PAGES = ["pt_accuracy", "ft_accuracy", "swa_accuracy", "geometry", "featu
 # JavaScript: the text of every plot title in the page's Bokeh document (none before it exists).
 TITLES = ("return window.Bokeh && Bokeh.documents.length ? [...Bokeh.documents[0].all_models]"
           ".filter(m => m.type === 'Title' && m.text).map(m => m.text) : []")
+
+# JavaScript prelude: ``views``, every Bokeh view of the page (their DOM is in shadow roots).
+VIEWS = """
+const views = [], seen = new Set();
+function walk(view) {
+  if (!view || seen.has(view)) return;
+  seen.add(view); views.push(view);
+  for (const child of (view.child_views || [])) walk(child);
+}
+for (const view of Object.values(Bokeh.index)) walk(view);
+"""
+
+
+def pick_seed(driver, value: str) -> None:
+    """Choose ``value`` in the explorer's seed select, as a user would."""
+    driver.execute_script(
+        "const seed = [...Bokeh.documents[0].all_models].find(m => m.title === 'seed' && m.options !== undefined);"
+        "seed.value = arguments[0];", value)
+
+
+@contextlib.contextmanager
+def explorer(store):
+    """The explorer of ``store`` served on a free port, for the block; yields its URL."""
+    port = free_port()
+    server = serve(lrscan.open(store), port, block=False)
+    try:
+        yield f"http://localhost:{port}/"
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -91,39 +122,28 @@ def test_hover_numbers_read_as_the_figures_do(driver, figures_dir):
 
 
 def test_explorer_renders_and_a_widget_updates_its_plots(driver, store):
-    port = free_port()
-    server = serve(lrscan.open(store), port, block=False)
-    try:
-        driver.get(f"http://localhost:{port}/")
+    with explorer(store) as url:
+        driver.get(url)
         wait_for(lambda: "Run PLR 0.003, seed 0: accuracy" in driver.execute_script(TITLES), timeout=60)
         assert console_errors(driver) == []
         assert ink(driver) > 0.05
         before = driver.execute_script(TITLES)
-        driver.execute_script(
-            "const doc = Bokeh.documents[0];"
-            "const seed = [...doc.all_models].find(m => m.title === 'seed' && m.options !== undefined);"
-            "seed.value = '1';")
+        pick_seed(driver, "1")
         after = wait_for(lambda: "Run PLR 0.003, seed 1: accuracy" in driver.execute_script(TITLES)
                          and driver.execute_script(TITLES), timeout=30)
         assert "Run PLR 0.003, seed 0: accuracy" in before and "Run PLR 0.003, seed 0: accuracy" not in after
         assert console_errors(driver) == []
-    finally:
-        server.stop()
 
 
-# JavaScript: [type, left, right] of every widget's element (Bokeh's views; their DOM is in shadow roots).
-WIDGET_BOXES = """
-const out = [], seen = new Set();
-function walk(view) {
-  if (!view || seen.has(view)) return;
-  seen.add(view);
+# JavaScript: [type, left, right] of every widget's element.
+WIDGET_BOXES = VIEWS + """
+const out = [];
+for (const view of views) {
   if (/Select|Slider/.test(view.model.type) && view.el) {
     const r = view.el.getBoundingClientRect();
     if (r.width > 0) out.push([view.model.type, r.left, r.right]);
   }
-  for (const child of (view.child_views || [])) walk(child);
 }
-for (const view of Object.values(Bokeh.index)) walk(view);
 return out;
 """
 
@@ -133,11 +153,9 @@ Y_RANGE = ("const p = [...Bokeh.documents[0].all_models].find(m => m.title && m.
 
 
 def test_the_explorer_keeps_its_selection_in_the_url_fits_1280_px_and_rescales(driver, store):
-    port = free_port()
-    server = serve(lrscan.open(store), port, block=False)
-    try:
+    with explorer(store) as url:
         # Opening a URL gives its view.
-        driver.get(f"http://localhost:{port}/?plr=0.1&seed=1&epoch=2")
+        driver.get(f"{url}?plr=0.1&seed=1&epoch=2")
         wait_for(lambda: "Run PLR 0.1, seed 1: accuracy" in driver.execute_script(TITLES), timeout=60)
         assert "Test accuracy vs PLR at epoch 2 (PT)" in driver.execute_script(TITLES)
         assert console_errors(driver) == []
@@ -149,17 +167,12 @@ def test_the_explorer_keeps_its_selection_in_the_url_fits_1280_px_and_rescales(d
         text = driver.find_element("tag name", "body").text
         assert "regime" in text and "angle" in text and "rad" in text
         # A new selection goes into the URL.
-        driver.execute_script(
-            "const doc = Bokeh.documents[0];"
-            "const seed = [...doc.all_models].find(m => m.title === 'seed' && m.options !== undefined);"
-            "seed.value = '0';")
+        pick_seed(driver, "0")
         wait_for(lambda: "Run PLR 0.1, seed 0: accuracy" in driver.execute_script(TITLES), timeout=30)
         wait_for(lambda: "seed=0" in driver.execute_script("return window.location.search"), timeout=10)
         search = driver.execute_script("return window.location.search")
         assert "plr=0.1" in search and "epoch=2" in search
         assert console_errors(driver) == []
-    finally:
-        server.stop()
 
 
 def run_accuracy_range(tree, plr: float, seed: int) -> tuple[float, float]:
@@ -172,16 +185,11 @@ def run_accuracy_range(tree, plr: float, seed: int) -> tuple[float, float]:
 
 
 def test_the_explorer_s_axes_follow_the_selection(driver, store):
-    port = free_port()
-    server = serve(lrscan.open(store), port, block=False)
-    try:
-        driver.get(f"http://localhost:{port}/?plr=0.1&seed=1&epoch=2")
+    with explorer(store) as url:
+        driver.get(f"{url}?plr=0.1&seed=1&epoch=2")
         wait_for(lambda: "Run PLR 0.1, seed 1: accuracy" in driver.execute_script(TITLES), timeout=60)
         before = driver.execute_script(Y_RANGE, "Run PLR")
-        driver.execute_script(
-            "const doc = Bokeh.documents[0];"
-            "const seed = [...doc.all_models].find(m => m.title === 'seed' && m.options !== undefined);"
-            "seed.value = '0';")
+        pick_seed(driver, "0")
         wait_for(lambda: "Run PLR 0.1, seed 0: accuracy" in driver.execute_script(TITLES), timeout=30)
         # The run's curves (another seed's data): their axes take the new data's range, not the first one's.
         wait_for(lambda: driver.execute_script(Y_RANGE, "Run PLR") != before, timeout=15)
@@ -190,22 +198,13 @@ def test_the_explorer_s_axes_follow_the_selection(driver, store):
         assert start <= low and high <= end, (start, end, low, high)
         assert end - start <= 1.5 * (high - low), f"the axis ({start}, {end}) does not fit ({low}, {high})"
         assert console_errors(driver) == []
-    finally:
-        server.stop()
 
 
 # JavaScript: of the plot whose title starts with arguments[0] (null until it is drawn), the labels of
 # its visible legends and their right edges, whether its toolbar moved tools into its overflow menu (⋯),
 # the toolbar's [left, right], the plot's right edge, and the field and factors its bars' colours are
 # mapped from.
-PLOT_KEYS = """
-const views = [], seen = new Set();
-function walk(view) {
-  if (!view || seen.has(view)) return;
-  seen.add(view); views.push(view);
-  for (const child of (view.child_views || [])) walk(child);
-}
-for (const view of Object.values(Bokeh.index)) walk(view);
+PLOT_KEYS = VIEWS + """
 const plot = views.find(v => v.model.toolbar && v.model.title && v.model.title.text.startsWith(arguments[0]));
 const toolbar = plot ? plot.owner.find_one(plot.model.toolbar) : null;
 if (!toolbar || !toolbar.el.isConnected) return null;  // not drawn yet
@@ -225,10 +224,8 @@ return {
 
 
 def test_the_explorer_s_bars_have_a_legend_and_every_plot_its_whole_toolbar_at_1280_px(driver, store):
-    port = free_port()
-    server = serve(lrscan.open(store), port, block=False)
-    try:
-        driver.get(f"http://localhost:{port}/?plr=0.1&seed=1&epoch=2")
+    with explorer(store) as url:
+        driver.get(f"{url}?plr=0.1&seed=1&epoch=2")
         wait_for(lambda: any(t.startswith("Single-feature test accuracy") for t in driver.execute_script(TITLES)),
                  timeout=60)
         assert driver.execute_script("return window.innerWidth") == WINDOW[0] == 1280
@@ -246,5 +243,3 @@ def test_the_explorer_s_bars_have_a_legend_and_every_plot_its_whole_toolbar_at_1
             assert not keys["overflow"], f"{title}: the toolbar is cut (tools in its ⋯ menu)"
             assert 0 <= keys["toolbar"][0] and keys["toolbar"][1] <= WINDOW[0] and keys["right"] <= WINDOW[0], keys
         assert console_errors(driver) == []
-    finally:
-        server.stop()

@@ -34,27 +34,35 @@ def analysed(trained_small, tmp_path_factory):
     return path, result
 
 
-def test_commands_that_do_not_train_never_import_torch(analysed, tmp_path):
-    path, _ = analysed
+HEAVY = ("torch", "xarray", "dask", "zarr")
+
+
+def loaded_by(commands: list[list[str]]) -> dict[str, list]:
+    """Run CLI ``commands`` one after another in a fresh interpreter: per command (joined by
+    spaces), its exit code and which of :data:`HEAVY` are loaded once it (and those before) ran."""
     script = textwrap.dedent(f"""
-        import json, sys, time
+        import json, sys
         from click.testing import CliRunner
         from lrscan.cli import main
         out = {{}}
-        for args in {[["--help"], ["info", str(path)], ["info", str(path), "--json"], ["verify", str(path)],
-                      ["verify", str(path), "--json"], ["presets"], ["info", str(tmp_path / "missing")],
-                      ["verify", ""], ["info", "--help"], ["train", "--help"], ["analyze", "--help"],
-                      ["train", "--store", ""], ["train", "--set", "plrr=[0.1]"], ["train", "--preset", "nope"],
-                      ["train", "--config", "/dev/zero"], ["analyze", str(tmp_path / "missing")]]!r}:
-            start = time.perf_counter()
+        for args in {commands!r}:
             result = CliRunner().invoke(main, args)
-            out[" ".join(args)] = [result.exit_code, "torch" in sys.modules, time.perf_counter() - start]
+            out[" ".join(args)] = [result.exit_code, [m for m in {HEAVY!r} if m in sys.modules]]
         print(json.dumps(out))
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    runs = json.loads(done.stdout.strip().splitlines()[-1])
-    assert {args: loaded for args, (_, loaded, _) in runs.items() if loaded} == {}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_commands_that_do_not_train_never_import_torch(analysed, tmp_path):
+    path, _ = analysed
+    runs = loaded_by([["--help"], ["info", str(path)], ["info", str(path), "--json"], ["verify", str(path)],
+                      ["verify", str(path), "--json"], ["presets"], ["info", str(tmp_path / "missing")],
+                      ["verify", ""], ["info", "--help"], ["train", "--help"], ["analyze", "--help"],
+                      ["train", "--store", ""], ["train", "--set", "plrr=[0.1]"], ["train", "--preset", "nope"],
+                      ["train", "--config", "/dev/zero"], ["analyze", str(tmp_path / "missing")]])
+    assert {args: loaded for args, (_, loaded) in runs.items() if "torch" in loaded} == {}
     assert runs[f"info {tmp_path / 'missing'}"][0] == 2 and runs[f"verify {path}"][0] == 0
 
 
@@ -62,20 +70,8 @@ def test_info_verify_and_the_listings_read_through_files_alone(analysed):
     # Within 1 s of Python's start-up (benchmarks/cli_latency.py) only without xarray, dask and
     # zarr, each of which takes a large part of that second to import.
     path, _ = analysed
-    script = textwrap.dedent(f"""
-        import json, sys
-        from click.testing import CliRunner
-        from lrscan.cli import main
-        out = {{}}
-        for args in {[["info", str(path)], ["info", str(path), "--json"], ["verify", str(path)], ["analyzers"],
-                      ["presets"], ["--help"]]!r}:
-            result = CliRunner().invoke(main, args)
-            out[" ".join(args)] = [result.exit_code, [m for m in ("torch", "xarray", "dask", "zarr") if m in sys.modules]]
-        print(json.dumps(out))
-    """)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    runs = json.loads(done.stdout.strip().splitlines()[-1])
+    runs = loaded_by([["info", str(path)], ["info", str(path), "--json"], ["verify", str(path)], ["analyzers"],
+                      ["presets"], ["--help"]])
     assert runs == {f"info {path}": [0, []], f"info {path} --json": [0, []], f"verify {path}": [0, []],
                     "analyzers": [0, []], "presets": [0, []], "--help": [0, []]}
 
