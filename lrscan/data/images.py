@@ -316,9 +316,7 @@ class Augment:
     """
 
     def __init__(self, kind: str, normalization: tuple[tuple[float, ...], tuple[float, ...]]):
-        if kind not in AUGMENTS[1:]:
-            raise LrscanError(f"unknown augmentation {kind!r}; known: {', '.join(AUGMENTS)}")
-        self.kind, self.normalization = kind, normalization
+        self.kind, self.normalization = choice("augmentation", kind, AUGMENTS[1:]), normalization
 
     def draw(self, n: int, size: tuple[int, int], generator: torch.Generator) -> tuple:
         """Every random choice for a batch of ``n`` images of ``size``, in the order the

@@ -65,7 +65,7 @@ class StepStats(NamedTuple):
     acc: Tensor  # accuracy on that mini-batch, from the same logits
 
 
-def _gather(data_x: Tensor, data_y: Tensor, which: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
+def gather(data_x: Tensor, data_y: Tensor, which: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
     """The runs' batches: samples ``idx[m]`` (M, B) of dataset ``which[m]`` of ``data_x`` / ``data_y``."""
     rows = which[:, None]
     return data_x[rows, idx], data_y[rows, idx]
@@ -223,7 +223,7 @@ class Engine:
         return params, state, runs_sq(grads.values()).sqrt(), loss, acc
 
     def _gather_step(self, params, state, data_x, data_y, which, idx, lr):
-        return self._step_all(params, state, *_gather(data_x, data_y, which, idx), lr)
+        return self._step_all(params, state, *gather(data_x, data_y, which, idx), lr)
 
     @_in_scope
     def step_on(self, data_x: Tensor, data_y: Tensor, which: Tensor, idx: Tensor, elr: Tensor,
@@ -235,7 +235,7 @@ class Engine:
         step, no eager indexing); any other gathers it first and calls :meth:`step`.
         """
         if self._step_on is None:
-            return self.step(*_gather(data_x, data_y, which, idx), elr, seeds)
+            return self.step(*gather(data_x, data_y, which, idx), elr, seeds)
         self.params, self.opt_state, grad_norm, loss, acc = self._step_on(
             self.params, self.opt_state, data_x, data_y, which, idx, elr * self.lr_scale)
         return StepStats(grad_norm.float(), loss.float(), acc.float())

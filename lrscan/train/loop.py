@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lrscan.train.engine import Engine
+from lrscan.train.engine import Engine, gather
 from lrscan.train.flat import to_numpy
 from lrscan.train.plan import Stage
 
@@ -285,8 +285,8 @@ def run_stage(
         if data.augment is None:
             stats = engine.step_on(data.x_train, data.y_train, which_data, idx, rate, keys)
         else:
-            x = data.augment.runs(data.x_train[which_data[:, None], idx], keys, generator)
-            stats = engine.step(x, data.y_train[which_data[:, None], idx], rate, keys)
+            x, y = gather(data.x_train, data.y_train, which_data, idx)
+            stats = engine.step(data.augment.runs(x, keys, generator), y, rate, keys)
         recorder.running.add(stats)
         recorder.at(step + 1)
     return recorder.result(stage.stop)
