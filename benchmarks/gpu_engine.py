@@ -2,7 +2,7 @@
 the GPU-hours one seed of the study's CIFAR-10 sweep would take (issue 14's GPU benchmark).
 
 SI ResNet-18 at width 32, batch 128, CIFAR-shaped 32x32 images resident on the device (made
-there: CIFAR itself does not travel). For every M (runs stepped together) and precision
+there: CIFAR itself does not travel). For every M (runs stepped together), engine path (the vmapped stack, and run by run) and precision
 (``tf32``: float32 with TF32 matrix products, the image presets' setting; ``bf16``: autocast),
 the engine takes ``--steps`` timed steps after ``--warmup`` untimed ones, with the device
 synchronised around the timed ones. FLOPs per run-step are counted once by
@@ -57,14 +57,17 @@ def flops_per_run_step(setup: Setup, x: torch.Tensor, y: torch.Tensor) -> int:
 
 
 def measure(setup: Setup, m: int, precision: str, steps: int, warmup: int, data, compile: bool,
-            clock=time.perf_counter) -> float:
-    """Seconds per engine step of ``m`` runs (by ``clock``: wall time by default)."""
+            clock=time.perf_counter, path: str = "vmap") -> float:
+    """Seconds per engine step of ``m`` runs (by ``clock``: wall time by default), on the
+    engine's vmapped path (``"vmap"``: one pass of the stack) or run by run (``"runs"``, with
+    channels-last on a GPU)."""
     x, y = data
     device = x.device
     flat = torch.stack([setup.init_weights(seed, 0) for seed in range(m)]).to(device)
-    engine = Engine(setup.entry, setup.module.to(device), flat, setup.spec.radius, batched=False, compile=compile,
+    runs = path == "runs"
+    engine = Engine(setup.entry, setup.module.to(device), flat, setup.spec.radius, batched=not runs, compile=compile,
                     options=setup.spec.model_options, precision="bf16" if precision == "bf16" else "fp32",
-                    tf32=device.type == "cuda", channels_last=device.type == "cuda")
+                    tf32=device.type == "cuda", channels_last=runs and device.type == "cuda")
     which = torch.zeros(m, dtype=torch.long, device=device)
     elr = torch.full((m,), 0.01, device=device)
     g = torch.Generator(device=device).manual_seed(0)
@@ -91,6 +94,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--n-train", type=int, default=4096, help="images resident on the device")
     parser.add_argument("--compile", action="store_true", help="compile each run's forward pass")
+    parser.add_argument("--paths", nargs="+", default=["vmap", "runs"], choices=["vmap", "runs"],
+                        help="engine paths to time: the vmapped stack, and run by run (M > 1 only: at M = 1 "
+                             "they are the same work)")
     parser.add_argument("--peak", type=float, default=790.0, help="TFLOP/s the achieved rate is a fraction of")
     parser.add_argument("--json", metavar="FILE")
     args = parser.parse_args()
@@ -109,17 +115,20 @@ def main() -> None:
     rows = []
     for precision in args.precisions:
         for m in args.runs:
-            seconds = measure(setup, m, precision, args.steps, args.warmup, (x, y), args.compile)
-            tflops = m * flops / seconds / 1e12
-            row = {"runs": m, "precision": precision, "step_s": seconds, "images_per_s": m * 128 / seconds,
-                   "tflops": tflops, "peak_fraction": tflops / args.peak}
-            rows.append(row)
-            print(f"M = {m:3d} {precision}: {seconds * 1e3:8.2f} ms per step, {row['images_per_s']:10.0f} images/s, "
-                  f"{tflops:7.2f} TFLOP/s ({100 * row['peak_fraction']:.1f}% of {args.peak:g})", flush=True)
+            for path in args.paths if m > 1 else args.paths[:1]:
+                seconds = measure(setup, m, precision, args.steps, args.warmup, (x, y), args.compile, path=path)
+                tflops = m * flops / seconds / 1e12
+                row = {"runs": m, "path": path, "precision": precision, "step_s": seconds,
+                       "images_per_s": m * 128 / seconds, "tflops": tflops, "peak_fraction": tflops / args.peak}
+                rows.append(row)
+                print(f"M = {m:3d} {path:4s} {precision}: {seconds * 1e3:8.2f} ms per step, "
+                      f"{row['images_per_s']:10.0f} images/s, {tflops:7.2f} TFLOP/s "
+                      f"({100 * row['peak_fraction']:.1f}% of {args.peak:g})", flush=True)
     best = max(rows, key=lambda r: r["runs"] / r["step_s"])
     hours = SWEEP_RUN_STEPS / (best["runs"] / best["step_s"]) / 3600
     print(f"one seed of the study's SI ResNet-18 CIFAR-10 sweep ({SWEEP_RUN_STEPS:,} run-steps) at the best rate "
-          f"(M = {best['runs']}, {best['precision']}): {hours:.1f} GPU-hours (target <= 4 h, >= 25% of the bf16 rate)")
+          f"(M = {best['runs']}, {best['path']}, {best['precision']}): {hours:.1f} GPU-hours "
+          f"(target <= 4 h, >= 25% of the bf16 rate)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": name, "width": args.width, "flops_per_run_step": flops, "rows": rows,

@@ -21,6 +21,7 @@ import time
 
 import torch
 from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.flop_counter import FlopCounterMode
 
 from lrscan.spec import load_spec
 from lrscan.train.flat import layout
@@ -60,6 +61,33 @@ def baseline_run(setup: Setup, elr: float, seed: int, epochs: int, log_every: in
                 for x, y in ((data.x_train, data.y_train), (data.x_test, data.y_test)):
                     z = model(x)[:, 0]
                     loss_fn(z, y.float()).item(), ((z > 0) == (y == 1)).float().mean().item()
+
+
+def matmul_flops(setup: Setup) -> tuple[int, int]:
+    """FLOPs of the matrix products of one run's training step (forward and backward of a batch)
+    and of one evaluation of the train and test sets (forward), by ``torch.utils.flop_counter``."""
+    spec, data = setup.spec, setup.data[0]
+    model = setup.entry.build(spec.model_options, data.input_shape, data.n_classes)
+    step = FlopCounterMode(display=False)
+    with step:
+        torch.nn.functional.binary_cross_entropy_with_logits(
+            model(data.x_train[: spec.batch_size])[:, 0], data.y_train[: spec.batch_size].float()).backward()
+    evaluation = FlopCounterMode(display=False)
+    with evaluation, torch.no_grad():
+        model(data.x_train), model(data.x_test)
+    return step.get_total_flops(), evaluation.get_total_flops()
+
+
+def gemm_rate(m: int, rows: int, width: int = 32, repeat: int = 50) -> float:
+    """FLOP/s of this core on the stacked products the trainer computes: m runs' (rows, width)
+    by (width, width) matrices in one torch.bmm."""
+    a, w = torch.randn(m, rows, width), torch.randn(m, width, width)
+    for _ in range(5):
+        a @ w
+    start = time.perf_counter()
+    for _ in range(repeat):
+        a @ w
+    return 2 * m * rows * width * width * repeat / (time.perf_counter() - start)
 
 
 def main() -> None:
@@ -112,6 +140,17 @@ def main() -> None:
           f"{base[0]:9.0f} model-steps/s, {base[1]:9.0f} per CPU-second")
     for name, (rate, per_cpu) in rates.items():
         print(f"ratio {name} / ordinary loop: {rate / base[0]:.1f}x wall, {per_cpu / base[1]:.1f}x per CPU-second")
+
+    # What the arithmetic allows on this machine: the matrix products alone, at the rate this
+    # core reaches on the trainer's own shapes (its step's batch rows, its evaluation's blocks).
+    step_flops, eval_flops = matmul_flops(setup)
+    per_step_eval = eval_flops / setup.plan.steps_per_epoch  # evaluated every epoch
+    step_rate, eval_rate = gemm_rate(len(runs), spec.batch_size), gemm_rate(len(runs), 256)
+    floor = step_flops / step_rate + per_step_eval / eval_rate
+    print(f"matrix products per model-step: {step_flops / 1e3:.0f} kFLOP step + {per_step_eval / 1e3:.0f} kFLOP "
+          f"evaluation; this core's torch.bmm on them: {step_rate / 1e9:.1f} and {eval_rate / 1e9:.1f} GFLOP/s, "
+          f"so at least {floor * 1e6:.1f} us per model-step: at most {1 / floor / base[1]:.1f}x the ordinary "
+          f"loop per CPU-second on this machine")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,10 @@ def test_the_gpu_benchmark_runs_end_to_end_on_a_cpu(tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     result = json.loads(out.read_text())
-    assert [(r["runs"], r["precision"]) for r in result["rows"]] == [(1, "tf32"), (2, "tf32"), (1, "bf16"), (2, "bf16")]
+    # Both engine paths at M > 1, one at M = 1 (the same work).
+    assert [(r["runs"], r["path"], r["precision"]) for r in result["rows"]] == [
+        (m, path, precision) for precision in ("tf32", "bf16")
+        for m, path in ((1, "vmap"), (2, "vmap"), (2, "runs"))]
     assert all(r["step_s"] > 0 and r["images_per_s"] > 0 for r in result["rows"])
     # 25 PLRs x 200 PT epochs + 225 FT runs x 200 epochs, 391 steps of 128 per epoch of 50,000.
     assert result["sweep_run_steps"] == (25 * 200 + 225 * 200) * 391

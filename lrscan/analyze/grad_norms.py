@@ -162,11 +162,11 @@ def measure(evaluator: Evaluator, flat: np.ndarray, data_index: np.ndarray,
     if bn_mode == "train":
         for norm in batch_norms(module):
             norm.train()
-    # Run by run where the model steps runs one by one: the graph of one run at a time.
-    groups = [torch.arange(engine.n_runs)] if engine.batched else [torch.tensor([i]) for i in range(engine.n_runs)]
+    # As many runs at once as one pass takes (one at a time run by run: the graph of one run).
+    groups = engine.groups(batch_size)
     # The module's own integer buffers (num_batches_tracked) would count these passes: each run
-    # gets copies (stacked, as the run-by-run forward takes every tensor per run).
-    own = {n: b for n, b in module.named_buffers() if n not in engine.buffers} if not engine.batched else {}
+    # gets copies (stacked, as a model called through its module takes every tensor per run).
+    own = {n: b for n, b in module.named_buffers() if n not in engine.buffers} if engine.seeded else {}
     n_used = sum(min(start + batch_size, x.shape[1]) - start for start in starts)
     results = []
     with torch.enable_grad():  # also when called under torch.no_grad()

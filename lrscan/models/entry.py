@@ -31,10 +31,11 @@ class ModelEntry:
         ``validate(options) -> options``: checks option values, raising ``LrscanError``.
     forward_batched
         ``forward_batched(module, params, x) -> logits`` for M runs at once, with every
-        parameter stacked along a leading run axis and ``x`` of shape (M, B, ...); ``None``
-        when the model cannot be batched (the trainer then steps runs one at a time).
-        Models with BatchNorm are not batched: their running statistics are buffers that
-        the trainer keeps per run.
+        parameter stacked along a leading run axis and ``x`` of shape (M, B, ...): an optional
+        hand-batched forward pass. Without one (``None``: the image models) the engine batches
+        runs by ``torch.func.vmap`` over the module, BatchNorm statistics per run. The SI MLP
+        has one: its compiled step is 1.5x faster than vmap's (3.4 vs 5.0 ms for 92 runs on
+        one thread) for the same weights to the bit.
     official
         ``official(name, options) -> str``: the name the study's own code gives the tensor
         that lrscan calls ``name`` (a parameter or float buffer of the built module), so that

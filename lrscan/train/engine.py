@@ -1,10 +1,13 @@
 """M runs of one model advanced in lock-step, each with its own learning rate (SPEC §2).
 
-Every parameter and float buffer is held stacked along a leading run axis.  A model whose
-entry has ``forward_batched`` computes all runs in one pass; any other model (BatchNorm
-ones: their running statistics are per-run buffers) is called run by run through
-``torch.func.functional_call`` on views of the same stacked tensors, so both paths share
-the update, the projection and the evaluation — and give the same weights.
+Every parameter and float buffer is held stacked along a leading run axis, and a batched
+engine computes all its runs in one pass: through the entry's ``forward_batched`` where it has
+one (the synthetic MLP), otherwise through ``torch.func.vmap`` over ``functional_call`` of the
+module — parameters and BatchNorm buffers stacked per run, BatchNorm in train mode normalising
+each run with its own batch and updating its own running statistics, dropout drawn
+independently per run. The run-by-run path (``batched=False``: the module called once per run
+on views of the same stacked tensors) is the reference that both are tested against; all paths
+share the update, the projection and the evaluation.
 
 The update (:mod:`lrscan.train.updates`) is the study's projected SGD on the sphere for SI
 models, or ordinary SGD / Adam for the practical baselines; its state is stacked the same way,
@@ -21,7 +24,7 @@ from typing import Any, Callable, Mapping, NamedTuple, Sequence
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
+from torch.func import functional_call, vmap
 from torch.nn import functional as F
 
 from lrscan.models import ModelEntry
@@ -37,6 +40,10 @@ EVAL_SAMPLES = 4096
 # machine). The blocks depend on nothing but the device, so a run is scored alike alone and in
 # a batch of any size.
 CPU_EVAL_SAMPLES = 256
+# Runs of a vmapped model (one without ``forward_batched``: images) that one pass scores,
+# recomputes or differentiates together: their activations are per run, so a pass of them holds
+# as many images as one of EVAL_SAMPLES (CPU_EVAL_SAMPLES) samples of a single run.
+VMAP_RUNS = 8
 
 
 def eval_samples(device: torch.device) -> int:
@@ -63,6 +70,13 @@ class StepStats(NamedTuple):
     grad_norm: Tensor  # L2 norm of the gradient over the trained group (the SI group on a sphere)
     loss: Tensor  # mean loss of the run's mini-batch, in the step's own (train-mode) forward pass
     acc: Tensor  # accuracy on that mini-batch, from the same logits
+
+
+def stack_seed(seeds: Sequence[int]) -> int:
+    """One 63-bit seed for the random draws of a vmapped stack of runs, from the runs' own
+    per-step seeds (:func:`lrscan.train.loop.step_key`): the same runs at the same step draw
+    the same masks, so a resumed stage repeats them."""
+    return int(np.random.SeedSequence([int(s) for s in seeds]).generate_state(2, np.uint64)[0] >> 1)
 
 
 def gather(data_x: Tensor, data_y: Tensor, which: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
@@ -99,18 +113,20 @@ class Engine:
     Parameters
     ----------
     entry, module
-        The model entry and one instance of its module (used for shapes and, on the
-        run-by-run path, as the function applied to each run's parameters).
+        The model entry and one instance of its module (used for shapes and, unless the
+        entry has ``forward_batched``, as the function applied to each run's parameters).
     flat
         Initial state, (M, P), in the order of :func:`layout`.
     radius
         The sphere's radius ρ; the SGD step is ``lr = ELR * ρ²``.  ``None`` for a model not
         trained on a sphere (its learning rate is the grid value itself).
     batched
-        Use the entry's ``forward_batched`` (must exist) rather than calling runs one by one.
+        Compute all runs in one pass (``forward_batched``, or vmap over the module) rather
+        than calling the module once per run.
     compile
-        Compile the training step and the evaluation with ``torch.compile`` (faster for long
-        stages; the first call of each shape pays the compilation).
+        Compile with ``torch.compile`` (faster for long stages; the first call of each shape
+        pays the compilation): the whole step and the evaluation of a ``forward_batched``
+        model, one run's forward pass on the run-by-run path; nothing on the vmapped one.
     options
         The model's options (the update rule reads its hyperparameters from them).
     precision
@@ -122,6 +138,7 @@ class Engine:
     channels_last
         Hold each run's convolution weights, and feed each run's images, in the channels-last
         memory format (what GPU convolution kernels run fastest on); the values are the same.
+        Run-by-run path only.
         Not on a CPU: there torch 2.14 computes the weight gradient of a strided 1x1
         convolution (the ResNet's shortcut) on channels-last input wrongly, and differently
         from call to call.
@@ -130,9 +147,12 @@ class Engine:
     def __init__(self, entry: ModelEntry, module: nn.Module, flat: Tensor, radius: float | None, *,
                  batched: bool, compile: bool = False, options: Mapping[str, Any] | None = None,
                  precision: str = "fp32", tf32: bool = False, channels_last: bool = False):
-        if batched and entry.forward_batched is None:
-            raise ValueError("this model has no batched forward")
         self.entry, self.module, self.radius, self.batched = entry, module, radius, batched
+        # Batched without a batched forward of its own: vmap over the module.
+        self.vmapped = batched and entry.forward_batched is None
+        if channels_last and self.vmapped:
+            raise ValueError("channels_last applies to the run-by-run path (vmap stacks the runs' "
+                             "convolutions into one grouped convolution of its own layout)")
         self.layers = layout(entry, module)
         if entry.update == "sphere" and any(l.trainable != l.si for l in self.layers):
             raise ValueError("the sphere trainer needs the trainable parameters to be exactly the SI group")
@@ -153,12 +173,25 @@ class Engine:
         self.tf32 = tf32
         self.compiled = compile
         self._seeds: Sequence[int] | None = None
-        # Batched models compile the whole step; others compile one run's forward pass (the
-        # step loops over runs in Python, which dynamo would unroll).
-        self._step = torch.compile(self._step_all, dynamic=False) if compile and batched else self._step_all
-        self._step_on = torch.compile(self._gather_step, dynamic=False) if compile and batched else None
-        self._eval = torch.compile(self._eval_chunk, dynamic=False) if compile and batched else self._eval_chunk
+        # A forward_batched model compiles the whole step; a run-by-run one compiles one run's
+        # forward pass (its step loops over runs in Python, which dynamo would unroll). A vmapped
+        # step is not compiled: torch 2.14 compiles vmap's train-mode BatchNorm step (in-place
+        # updates of the stacked statistics under torch.func.grad) to other weights — up to 1.8
+        # apart from eager ones after 6 steps of the SI ConvNet — and takes minutes doing it.
+        whole = compile and batched and not self.vmapped
+        self._whole = whole
+        self._step = torch.compile(self._step_all, dynamic=False) if whole else self._step_all
+        self._step_on = torch.compile(self._gather_step, dynamic=False) if whole else None
+        self._eval = torch.compile(self._eval_chunk, dynamic=False) if whole else self._eval_chunk
         self._run_logits = torch.compile(self._one_run_logits, dynamic=False) if compile else self._one_run_logits
+        # "different": dropout masks drawn independently for every run of the stack.
+        self._vmapped = vmap(self._module_call, randomness="different")
+
+    @property
+    def seeded(self) -> bool:
+        """Whether a step takes its runs' per-step seeds: a model called through its module
+        (vmapped or run by run) may draw at random (dropout), a ``forward_batched`` one does not."""
+        return self.vmapped or not self.batched
 
     # ---- forward passes ------------------------------------------------------------------
 
@@ -170,6 +203,11 @@ class Engine:
     def logits(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
         """Logits (m, B, C) of m runs with (stacked) ``params`` — trained and frozen
         parameters, and buffers — on inputs x (m, B, ...)."""
+        if self.vmapped:
+            if self._seeds is not None:  # dropout: one draw for the stack, different in each run
+                torch.manual_seed(stack_seed(self._seeds))
+            with self._amp(x.device):
+                return self._vmapped(params, x).float()
         if self.batched:
             with self._amp(x.device):
                 return self.entry.forward_batched(self.module, params, x).float()
@@ -189,6 +227,9 @@ class Engine:
             return tensors
         return {n: t.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3) if t.dim() == 5 else t
                 for n, t in tensors.items()}
+
+    def _module_call(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
+        return functional_call(self.module, params, (x,))
 
     def _one_run_logits(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
         if self.channels_last and x.dim() == 4:
@@ -210,7 +251,7 @@ class Engine:
 
     def _grads(self, params: dict[str, Tensor], x: Tensor, y: Tensor):
         """The gradients by name, and the runs' batch (loss, accuracy)."""
-        if self.compiled and self.batched:  # dynamo traces the functional form
+        if self._whole:  # dynamo traces the functional form
             return torch.func.grad(self._loss_and_scores, has_aux=True)(params, x, y)
         # Eager autograd has less per-step overhead than torch.func.grad.
         leaves = {n: p.detach().requires_grad_() for n, p in params.items()}
@@ -244,14 +285,17 @@ class Engine:
     def step(self, x: Tensor, y: Tensor, elr: Tensor, seeds: Sequence[int] | None = None) -> StepStats:
         """One step of every run on its own batch (x (M, B, ...), y (M, B)).
 
-        On the run-by-run path the module is in train mode (BatchNorm normalises with the
-        batch and updates the run's own running statistics, views of the stacked buffers),
-        and ``seeds`` (one per run) seed the global generator before each run's forward pass,
-        so models with dropout are reproducible.  Returns each run's gradient norm and the
-        loss and accuracy of its batch as this step's forward pass computed them (before the
-        update; train-mode BatchNorm where the model has it), as a :class:`StepStats`.
+        A model called through its module is in train mode (BatchNorm normalises each run
+        with its own batch and updates the run's own running statistics, slices of the stacked
+        buffers). ``seeds`` (one per run) seed the global generator: run by run, before each
+        run's forward pass, so a run draws alike in a batch and alone; vmapped, once for the
+        stack (:func:`stack_seed`), each run drawing its own masks, so a stage repeats its
+        draws (resume) but a run's dropout depends on the runs it is stacked with.  Returns
+        each run's gradient norm and the loss and accuracy of its batch as this step's forward
+        pass computed them (before the update; train-mode BatchNorm where the model has it),
+        as a :class:`StepStats`.
         """
-        if not self.batched:
+        if self.seeded:
             self.module.train()
         self._seeds = seeds
         try:
@@ -278,13 +322,18 @@ class Engine:
 
         Run ``m`` is evaluated on dataset ``which[m]``.  Runs go through in equal chunks of at
         most ``chunk`` (the last one padded to the same shape, for one compilation)
-        and samples in blocks of ``samples`` (default :func:`eval_samples` of the device); models
-        off the batched path go one by one, in eval mode (BatchNorm uses each run's running
-        statistics).
+        and samples in blocks of ``samples`` (default :func:`eval_samples` of the device). A
+        model called through its module is in eval mode (BatchNorm uses each run's running
+        statistics): vmapped, :data:`VMAP_RUNS` runs at a time on blocks that many times
+        smaller (a pass holds as many images as one run's block); run by run, one by one.
         """
+        if self.seeded:
+            self.module.eval()
+        if self.vmapped:
+            chunk = min(chunk, VMAP_RUNS)
+            samples = max(1, eval_samples(x.device) // VMAP_RUNS) if samples is None else samples
         samples = eval_samples(x.device) if samples is None else samples
         if not self.batched:
-            self.module.eval()
             chunk = 1  # runs go one by one anyway: no padding of the last chunk
         # As few chunks as ``chunk`` allows, of equal size: 276 runs in chunks of at most 128 go
         # as 3 x 92, not 128 + 128 + 20 padded to 128 (108 runs' work thrown away).
@@ -343,6 +392,7 @@ class Engine:
         loss, acc : Tensor
             (M,) float32 each, means over the ``(N // batch_size) * batch_size`` samples.
         """
+        which = which.to(x.device)
         n = (x.shape[1] // batch_size) * batch_size
         if n == 0:
             raise ValueError(f"batch_size = {batch_size} exceeds the {x.shape[1]} samples")
@@ -350,20 +400,32 @@ class Engine:
         for m in batch_norms(self.module):
             m.train()
         # The module's own integer buffers (num_batches_tracked) would count these passes.
-        counters = {name: b.clone() for name, b in self.module.named_buffers() if name not in self.buffers}
+        counters = {name: b for name, b in self.module.named_buffers() if name not in self.buffers}
         loss = torch.zeros(self.n_runs, dtype=torch.float64, device=x.device)
         acc = torch.zeros_like(loss)
-        for i in range(self.n_runs):
+        for rows in self.groups(batch_size):
             # Copies: a train-mode BatchNorm writes its running statistics into the buffers it is given.
-            params = {**{name: p[i] for name, p in {**self.params, **self.frozen}.items()},
-                      **{name: b[i].clone() for name, b in self.buffers.items()}, **counters}
-            d = int(which[i])
+            params = {**{name: p[rows] for name, p in {**self.params, **self.frozen}.items()},
+                      **{name: b[rows] for name, b in self.buffers.items()},
+                      **{name: b.expand(len(rows)).clone() for name, b in counters.items()}}
+            sets = which[rows]
             for start in range(0, n, batch_size):
                 batch = slice(start, start + batch_size)
-                batch_loss, correct = loss_and_correct(self._run_logits(params, x[d, batch]), y[d, batch])
-                loss[i] += batch_loss.double().sum()
-                acc[i] += correct.double().sum()
+                batch_loss, correct = loss_and_correct(self.logits(params, x[sets, batch]), y[sets, batch])
+                loss[rows] += batch_loss.double().sum(1)
+                acc[rows] += correct.double().sum(1)
         return (loss / n).float(), (acc / n).float()
+
+    def groups(self, per_run: int) -> list[Tensor]:
+        """The runs, as index tensors, in the groups that one pass of ``per_run`` samples each
+        takes together: all of them for a ``forward_batched`` model; vmapped, as many as fit
+        :data:`EVAL_SAMPLES` images (at most :data:`VMAP_RUNS`, at least one); run by run, one."""
+        if self.batched and not self.vmapped:
+            size = self.n_runs
+        else:
+            size = max(1, min(VMAP_RUNS, EVAL_SAMPLES // max(1, per_run))) if self.vmapped else 1
+        device = next(iter(self.params.values())).device
+        return list(torch.arange(self.n_runs, device=device).split(size))
 
     @_in_scope
     @torch.no_grad()
@@ -372,11 +434,12 @@ class Engine:
         ``x[which[m]]`` (D, N, ...), seen in order in batches of ``batch_size`` (train-mode
         forward passes with a cumulative average, as ``torch.optim.swa_utils.update_bn``).
         The default takes sets of up to 4,096 samples in one pass: their exact statistics,
-        and few calls.
+        and few calls. Vmapped, the runs go through in groups (:meth:`groups`).
 
         Constructed points — SWA averages, points on a path — need this before they are
         scored (SPEC §5).  A model without BatchNorm is left as it is.
         """
+        which = which.to(x.device)
         norms = batch_norms(self.module)
         if not norms or not self.buffers:
             return
@@ -385,16 +448,21 @@ class Engine:
         try:
             for m in norms:
                 m.momentum = None  # cumulative average over the batches
-            for i in range(self.n_runs):
+            batch_size = min(batch_size, x.shape[1])
+            for rows in self.groups(batch_size):
                 for m in norms:
+                    # Also the module's own batch counter, which the cumulative average divides by
+                    # (shared by a group: its runs see the same number of batches).
                     m.reset_running_stats()
-                params = {n: p[i] for n, p in {**self.params, **self.frozen}.items()}
-                d = int(which[i])
-                for start in range(0, x.shape[1], batch_size):
-                    self._one_run_logits(params, x[d, start : start + batch_size])  # updates the module's own buffers
                 own = dict(self.module.named_buffers())
+                # Each run starts from the reset statistics and accumulates into its own copy.
+                fresh = {name: own[name].expand(len(rows), *own[name].shape).clone() for name in self.buffers}
+                params = {**{n: p[rows] for n, p in {**self.params, **self.frozen}.items()}, **fresh}
+                sets = which[rows]
+                for start in range(0, x.shape[1], batch_size):
+                    self.logits(params, x[sets, start : start + batch_size])  # updates ``fresh``
                 for name, b in self.buffers.items():
-                    b[i] = own[name]
+                    b[rows] = fresh[name]
         finally:
             for m, momentum in zip(norms, momenta):
                 m.momentum = momentum

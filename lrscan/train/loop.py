@@ -271,8 +271,8 @@ def run_stage(
     switch_elr = None if stage.switch is None else torch.full_like(elr, stage.switch[1])
     epoch, order = None, None
     if data.augment is not None:
-        if engine.batched:
-            raise ValueError("augmentation needs the run-by-run path")
+        if not engine.seeded:
+            raise ValueError("augmentation needs a model called through its module (per-run seeds)")
         generator = torch.Generator(device=device)
     for step in range(first, stage.stop):
         if step // steps_per_epoch != epoch:
@@ -280,7 +280,7 @@ def run_stage(
             order = epoch_order(distinct, stage.name, epoch, n_train, device)
         offset = (step % steps_per_epoch) * batch_size
         idx = order[run_seed, offset : offset + batch_size]  # (M, B)
-        keys = None if engine.batched else [step_key(*s, stage.name, step) for s in seeds]
+        keys = [step_key(*s, stage.name, step) for s in seeds] if engine.seeded else None
         rate = elr if switch_elr is None or step < stage.switch[0] else switch_elr
         if data.augment is None:
             stats = engine.step_on(data.x_train, data.y_train, which_data, idx, rate, keys)

@@ -89,16 +89,18 @@ class Setup:
     def engine(self, flat: torch.Tensor, *, batched: bool | None = None, compile: bool = False) -> Engine:
         """An :class:`Engine` for the runs whose states are the rows of ``flat``, on the device.
 
-        ``batched=None`` batches runs whenever the model allows it.
+        ``batched=True`` computes all runs in one pass (``forward_batched``, or vmap over the
+        module); ``False`` calls the module once per run (the reference path, ``--sequential``);
+        ``None`` chooses :func:`default_batched`.
         """
-        batched = self.entry.forward_batched is not None if batched is None else batched
+        batched = default_batched(self.entry, self.device) if batched is None else batched
         module = self.module.to(self.device)
         images = self.data[self.spec.data_seeds[0]].x_train.dim() == 4
         # On a GPU: "fp32" allows TF32 matrix products (SPEC's image setups), inside the engine
-        # only, and images and convolution weights go channels-last.
+        # only, and on the run-by-run path images and convolution weights go channels-last.
         return Engine(self.entry, module, flat.to(self.device), self.spec.radius, batched=batched,
                       compile=compile, options=self.spec.model_options, precision=self.spec.precision,
-                      tf32=self.device.type == "cuda", channels_last=self.device.type == "cuda" and images)
+                      tf32=self.device.type == "cuda", channels_last=self.device.type == "cuda" and images and not batched)
 
     def device_data(self, data_seeds: list[int]) -> tuple[DeviceData, dict[int, int]]:
         """The given data seeds' sets stacked on the device, and each seed's position."""
@@ -107,6 +109,14 @@ class Setup:
         return DeviceData(stack("x_train"), stack("y_train"), stack("x_test"), stack("y_test"), sets[0].augment), {
             d: i for i, d in enumerate(data_seeds)
         }
+
+
+def default_batched(entry, device: torch.device) -> bool:
+    """Whether runs are batched by default: always for a model with ``forward_batched``; for
+    the others (vmapped: the image models) on an accelerator, where one pass of M runs saves
+    M - 1 launches of every kernel, but not on a CPU, where the convolutions are the time and
+    vmap's grouped ones are slower than M separate ones (``benchmarks/image_batching.py``)."""
+    return entry.forward_batched is not None or torch.device(device).type != "cpu"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -155,7 +165,7 @@ class Sweep:
         attrs = _root_attrs(store)
         # What a snapshot must come from to be resumed here: this very store, made from this spec.
         self.identity = _identity(attrs.get("store_id") or attrs.get("created"), attrs["spec"])
-        self.batched = setup.entry.forward_batched is not None if batched is None else batched
+        self.batched = batched  # None: the engine's default for the model and device
         self.notice: Callable[[str], None] | None = None
         self.holders: dict[str, str | None] = {}
         # Checkpoints each run holds on the host: one weight chunk while training (the rest is
