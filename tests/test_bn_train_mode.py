@@ -48,8 +48,8 @@ def plain_torch_running_metrics(setup: Setup, elr: float, n_steps: int) -> tuple
     si = [p for name, p in module.named_parameters() if setup.entry.is_si(name)]
     data, b, spe = setup.data[0], spec.batch_size, plan.steps_per_epoch
     # The trainer's rounding (a float32 step size, the sphere's scale from a float32 norm summed
-    # tensor by tensor): the chaotic PLR amplifies any other rounding into a different trajectory
-    # within an epoch.
+    # over the SI weights side by side in one row): the chaotic PLR amplifies any other rounding
+    # into a different trajectory within an epoch.
     lr = torch.tensor(elr, dtype=torch.float32) * spec.radius**2
     losses, accs = [], []
     for step in range(n_steps):
@@ -63,7 +63,7 @@ def plain_torch_running_metrics(setup: Setup, elr: float, n_steps: int) -> tuple
         grads = torch.autograd.grad(loss, si)
         with torch.no_grad():
             moved = [p - lr * g for p, g in zip(si, grads)]
-            scale = spec.radius / torch.sqrt(sum(m.square().sum() for m in moved))
+            scale = spec.radius / torch.cat([m.reshape(1, -1) for m in moved], 1).square().sum(1).sqrt()[0]
             for p, m in zip(si, moved):
                 p.copy_(m * scale)
     per_epoch = lambda v: np.r_[np.nan, np.reshape(v, (-1, spe)).mean(1)]  # noqa: E731

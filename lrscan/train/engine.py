@@ -9,9 +9,12 @@ independently per run. The run-by-run path (``batched=False``: the module called
 on views of the same stacked tensors) is the reference that both are tested against; all paths
 share the update, the projection and the evaluation.
 
-The update (:mod:`lrscan.train.updates`) is the study's projected SGD on the sphere for SI
-models, or ordinary SGD / Adam for the practical baselines; its state is stacked the same way,
-so a snapshot of :meth:`Engine.state` continues a stage exactly. The flat state vector's
+The trained parameters of all runs live side by side in one (M, P) buffer (:attr:`Engine.trained`;
+``Engine.params`` are views into it by name), and the step flattens the gradients into one
+buffer too, so the update (:mod:`lrscan.train.updates`) — the study's projected SGD on the
+sphere for SI models, or ordinary SGD / Adam for the practical baselines — and the gradient norm
+are a few operations on whole buffers. The update's state is flat the same way, so a snapshot
+of :meth:`Engine.state` continues a stage exactly. The flat state vector's
 layout, norms and projection are :mod:`lrscan.train.flat`.
 """
 
@@ -29,7 +32,7 @@ from torch.nn import functional as F
 
 from lrscan.models import ModelEntry
 from lrscan.train.flat import batch_norms, layout, si_norm
-from lrscan.train.updates import initial_state, make_update, runs_sq
+from lrscan.train.updates import initial_state, make_update, row_norm
 
 # Samples taken at once by the passes over a whole set — BatchNorm recomputation, sharpness,
 # and scoring on an accelerator: the synthetic sets in one pass.
@@ -157,18 +160,22 @@ class Engine:
         if entry.update == "sphere" and any(l.trainable != l.si for l in self.layers):
             raise ValueError("the sphere trainer needs the trainable parameters to be exactly the SI group")
         self.n_runs = flat.shape[0]
-        self.params: dict[str, Tensor] = {}  # trained
+        trained: dict[str, Tensor] = {}
         self.frozen: dict[str, Tensor] = {}
         self.buffers: dict[str, Tensor] = {}
         for layer in self.layers:
-            p = flat[:, layer.start : layer.stop].reshape(self.n_runs, *layer.shape).clone()
-            (self.buffers if layer.buffer else self.params if layer.trainable else self.frozen)[layer.name] = p
+            p = flat[:, layer.start : layer.stop].reshape(self.n_runs, *layer.shape)
+            (self.buffers if layer.buffer else trained if layer.trainable else self.frozen)[layer.name] = p.clone()
         self.channels_last = channels_last
-        self.params, self.frozen = self._laid_out(self.params), self._laid_out(self.frozen)
+        self.frozen = self._laid_out(self.frozen)
+        # The trained tensors live side by side in one (M, P) buffer, ``trained``: the update
+        # is a few operations on it; ``params`` are views into it, by name.
+        self._shapes = {name: t.shape[1:] for name, t in trained.items()}
+        self.trained = self.flatten(trained)
         self.group = entry.norm_group
         self.lr_scale = radius**2 if entry.update == "sphere" else 1.0
         self._update = make_update(entry, options or {}, radius)
-        self.opt_state = initial_state(entry.update, self.params, options or {})
+        self.opt_state = initial_state(entry.update, self.trained, options or {})
         self.autocast = precision == "bf16"
         self.tf32 = tf32
         self.compiled = compile
@@ -220,6 +227,38 @@ class Engine:
         # round a tensor's tail differently, so per-run losses would not match it bit for bit.
         return torch.stack(out)
 
+    # ---- the flat buffer of trained tensors -----------------------------------------------
+
+    def _last(self, shape) -> bool:
+        """Whether a trained tensor of this (per-run) shape is held channels-last."""
+        return self.channels_last and len(shape) == 4
+
+    def flatten(self, tensors: Mapping[str, Tensor]) -> Tensor:
+        """Stacked trained tensors by name (M, ...) side by side in one (M, P) buffer, in the
+        engine's order (a channels-last convolution weight in its memory order)."""
+        rows = []
+        for name, shape in self._shapes.items():
+            t = tensors[name]
+            rows.append((t.permute(0, 1, 3, 4, 2) if self._last(shape) else t).reshape(t.shape[0], -1))
+        return torch.cat(rows, 1)
+
+    def views(self, flat: Tensor) -> dict[str, Tensor]:
+        """The trained tensors by name, (M, ...) views into a buffer ``flat`` (M, P) of :meth:`flatten`."""
+        out = {}
+        sizes = [int(np.prod(shape)) for shape in self._shapes.values()]
+        for (name, shape), part in zip(self._shapes.items(), flat.split(sizes, 1)):
+            if self._last(shape):
+                o, i, kh, kw = shape
+                out[name] = part.view(-1, o, kh, kw, i).permute(0, 1, 4, 2, 3)
+            else:
+                out[name] = part.view(-1, *shape)
+        return out
+
+    @property
+    def params(self) -> dict[str, Tensor]:
+        """The trained parameters by name, (M, ...) each: views into :attr:`trained`."""
+        return self.views(self.trained)
+
     def _laid_out(self, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
         """``tensors`` with each stacked convolution weight (M, O, I, kh, kw) laid out so that
         every run's (O, I, kh, kw) is channels-last, when the engine is; otherwise as they are."""
@@ -258,13 +297,14 @@ class Engine:
         total, scores = self._loss_and_scores(leaves, x, y)
         return dict(zip(leaves, torch.autograd.grad(total, list(leaves.values())))), scores
 
-    def _step_all(self, params, state, x, y, lr):
-        grads, (loss, acc) = self._grads(params, x, y)
-        params, state = self._update(params, grads, state, lr)
-        return params, state, runs_sq(grads.values()).sqrt(), loss, acc
+    def _step_all(self, trained, state, x, y, lr):
+        grads, (loss, acc) = self._grads(self.views(trained), x, y)
+        flat = self.flatten(grads)  # one (M, P) gradient: the update, projection and norm act on it whole
+        trained, state = self._update(trained, flat, state, lr)
+        return trained, state, row_norm(flat), loss, acc
 
-    def _gather_step(self, params, state, data_x, data_y, which, idx, lr):
-        return self._step_all(params, state, *gather(data_x, data_y, which, idx), lr)
+    def _gather_step(self, trained, state, data_x, data_y, which, idx, lr):
+        return self._step_all(trained, state, *gather(data_x, data_y, which, idx), lr)
 
     @_in_scope
     def step_on(self, data_x: Tensor, data_y: Tensor, which: Tensor, idx: Tensor, elr: Tensor,
@@ -277,8 +317,8 @@ class Engine:
         """
         if self._step_on is None:
             return self.step(*gather(data_x, data_y, which, idx), elr, seeds)
-        self.params, self.opt_state, grad_norm, loss, acc = self._step_on(
-            self.params, self.opt_state, data_x, data_y, which, idx, elr * self.lr_scale)
+        self.trained, self.opt_state, grad_norm, loss, acc = self._step_on(
+            self.trained, self.opt_state, data_x, data_y, which, idx, elr * self.lr_scale)
         return StepStats(grad_norm.float(), loss.float(), acc.float())
 
     @_in_scope
@@ -299,8 +339,8 @@ class Engine:
             self.module.train()
         self._seeds = seeds
         try:
-            self.params, self.opt_state, grad_norm, loss, acc = self._step(self.params, self.opt_state, x, y,
-                                                                           elr * self.lr_scale)
+            self.trained, self.opt_state, grad_norm, loss, acc = self._step(self.trained, self.opt_state, x, y,
+                                                                            elr * self.lr_scale)
         finally:
             self._seeds = None
         return StepStats(grad_norm.float(), loss.float(), acc.float())
@@ -424,7 +464,7 @@ class Engine:
             size = self.n_runs
         else:
             size = max(1, min(VMAP_RUNS, EVAL_SAMPLES // max(1, per_run))) if self.vmapped else 1
-        device = next(iter(self.params.values())).device
+        device = self.trained.device
         return list(torch.arange(self.n_runs, device=device).split(size))
 
     @_in_scope
@@ -478,17 +518,26 @@ class Engine:
         """Norm of each run's trained group (the SI group on a sphere), (M,), in float64."""
         return si_norm(self.flat(), self.layers, group=self.group)
 
+    def _flat_entries(self) -> list[str]:
+        """The update state's entries laid out as the trained buffer (the others: Adam's step)."""
+        return [key for key, v in self.opt_state.items() if v.shape == self.trained.shape]
+
     def state(self) -> dict[str, Tensor]:
         """Everything that changes during training — trained parameters, buffers, the update's
-        state — by name; :meth:`load_state` puts it back."""
+        state — by tensor name (``param/<name>``, ``buffer/<name>``, ``update/<name>/<entry>``
+        or ``update/<entry>``); :meth:`load_state` puts it back."""
+        flat = self._flat_entries()
         return {**{f"param/{n}": p for n, p in self.params.items()},
                 **{f"buffer/{n}": b for n, b in self.buffers.items()},
-                **{f"update/{n}": s for n, s in self.opt_state.items()}}
+                **{f"update/{n}/{key}": v for key in flat for n, v in self.views(self.opt_state[key]).items()},
+                **{f"update/{key}": v for key, v in self.opt_state.items() if key not in flat}}
 
     def load_state(self, state: Mapping[str, Any]) -> None:
         """Restore a :meth:`state` (tensors or arrays); every entry must be present."""
-        device = next(iter(self.params.values())).device
+        device = self.trained.device
         get = lambda key: torch.as_tensor(np.asarray(state[key])).to(device)  # noqa: E731
-        self.params = self._laid_out({n: get(f"param/{n}") for n in self.params})
+        flat = self._flat_entries()
+        self.trained = self.flatten({n: get(f"param/{n}") for n in self._shapes})
         self.buffers = {n: get(f"buffer/{n}") for n in self.buffers}
-        self.opt_state = self._laid_out({n: get(f"update/{n}") for n in self.opt_state})
+        self.opt_state = {key: self.flatten({n: get(f"update/{n}/{key}") for n in self._shapes}) if key in flat
+                          else get(f"update/{key}") for key in self.opt_state}

@@ -1,7 +1,11 @@
-"""Update rules of stacked runs: ``(params, grads, state, lr) -> (params, state)``, every tensor
-(M, ...) with one learning rate per run (M,). Projected SGD on the sphere (the study's, SPEC §2),
-and torch's SGD and Adam for the practical baselines; :func:`initial_state` is the state a rule
-starts from (momentum, Adam's moments), stacked the same way so that a snapshot resumes exactly.
+"""Update rules of stacked runs on one flat buffer: ``(params, grads, state, lr) -> (params,
+state)`` with the trained parameters and their gradients each one (M, P) tensor — every
+trained tensor of a run side by side in one row — and one learning rate per run (M,). A rule
+is then a few operations on whole buffers, whatever the number of tensors (a GPU launches a
+handful of kernels, not a few per tensor): projected SGD on the sphere (the study's, SPEC §2),
+and torch's SGD and Adam for the practical baselines. :func:`initial_state` is the state a
+rule starts from (momentum, Adam's moments), flat the same way so that a snapshot resumes
+exactly.
 """
 
 from __future__ import annotations
@@ -14,22 +18,17 @@ from torch import Tensor
 from lrscan.models import ModelEntry
 
 
-def _expand(v: Tensor, like: Tensor) -> Tensor:
-    return v.view(-1, *[1] * (like.dim() - 1))
-
-
-def runs_sq(tensors) -> Tensor:
-    """Each run's sum of squares over ``tensors`` (each (M, ...)), in their float32: the step's
-    projection and gradient norm. (Summing in float64 made the update of the synthetic MLP take
-    1.9x the CPU time, for differences of 1e-7 relative; analyses measure norms in float64.)"""
-    return sum(t.reshape(t.shape[0], -1).square().sum(1) for t in tensors)
+def row_norm(t: Tensor) -> Tensor:
+    """Each run's L2 norm of an (M, P) buffer, summed in its float32: the step's projection
+    and gradient norm. (Summing in float64 made the update of the synthetic MLP take 1.9x the
+    CPU time, for differences of 1e-7 relative; analyses measure norms in float64.)"""
+    return t.square().sum(1).sqrt()
 
 
 def _sphere(radius: float) -> Callable:
     def update(params, grads, state, lr):
-        moved = {n: p - _expand(lr, p) * grads[n] for n, p in params.items()}
-        scale = radius / runs_sq(moved.values()).sqrt()
-        return {n: p * _expand(scale, p) for n, p in moved.items()}, state
+        moved = params - lr[:, None] * grads
+        return moved * (radius / row_norm(moved))[:, None], state
     return update
 
 
@@ -37,13 +36,11 @@ def _sgd(momentum: float, weight_decay: float) -> Callable:
     # torch.optim.SGD's rule (dampening 0, not Nesterov); the buffer starts at zero, which
     # makes its first value the gradient itself, as in torch.
     def update(params, grads, state, lr):
-        new_params, new_state = {}, {}
-        for n, p in params.items():
-            g = grads[n] + weight_decay * p if weight_decay else grads[n]
-            if momentum:
-                g = new_state[f"{n}/momentum"] = momentum * state[f"{n}/momentum"] + g
-            new_params[n] = p - _expand(lr, p) * g
-        return new_params, new_state
+        g = grads + weight_decay * params if weight_decay else grads
+        if not momentum:
+            return params - lr[:, None] * g, state
+        g = momentum * state["momentum"] + g
+        return params - lr[:, None] * g, {"momentum": g}
     return update
 
 
@@ -53,28 +50,23 @@ def _adam(weight_decay: float, betas: tuple[float, float], eps: float = 1e-8) ->
 
     def update(params, grads, state, lr):
         t = state["step"] + 1
-        new_params, new_state = {}, {"step": t}
         c1, c2 = (1 - b1**t).float(), (1 - b2**t).sqrt().float()
-        for n, p in params.items():
-            g = grads[n] + weight_decay * p if weight_decay else grads[n]
-            m = new_state[f"{n}/exp_avg"] = b1 * state[f"{n}/exp_avg"] + (1 - b1) * g
-            v = new_state[f"{n}/exp_avg_sq"] = b2 * state[f"{n}/exp_avg_sq"] + (1 - b2) * g * g
-            new_params[n] = p - _expand(lr / c1, p) * m / (v.sqrt() / _expand(c2, p) + eps)
-        return new_params, new_state
+        g = grads + weight_decay * params if weight_decay else grads
+        m = b1 * state["exp_avg"] + (1 - b1) * g
+        v = b2 * state["exp_avg_sq"] + (1 - b2) * g * g
+        moved = params - (lr / c1)[:, None] * m / (v.sqrt() / c2[:, None] + eps)
+        return moved, {"step": t, "exp_avg": m, "exp_avg_sq": v}
     return update
 
 
-def initial_state(update: str, params: Mapping[str, Tensor], options: Mapping[str, Any]) -> dict[str, Tensor]:
-    """The state update rule ``update`` starts from for stacked ``params``: zeros, and Adam's step count."""
+def initial_state(update: str, params: Tensor, options: Mapping[str, Any]) -> dict[str, Tensor]:
+    """The state update rule ``update`` starts from for the flat ``params`` (M, P): zeros, and
+    Adam's step count (M,). Entries of shape (M, P) are laid out as ``params``."""
     if update == "sgd" and options.get("momentum", 0.0):
-        return {f"{n}/momentum": torch.zeros_like(p) for n, p in params.items()}
+        return {"momentum": torch.zeros_like(params)}
     if update == "adam":
-        m = next(iter(params.values())).shape[0]
-        state = {"step": torch.zeros(m, dtype=torch.float64, device=next(iter(params.values())).device)}
-        for n, p in params.items():
-            state[f"{n}/exp_avg"] = torch.zeros_like(p)
-            state[f"{n}/exp_avg_sq"] = torch.zeros_like(p)
-        return state
+        step = torch.zeros(params.shape[0], dtype=torch.float64, device=params.device)
+        return {"step": step, "exp_avg": torch.zeros_like(params), "exp_avg_sq": torch.zeros_like(params)}
     return {}
 
 
