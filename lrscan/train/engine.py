@@ -178,7 +178,6 @@ class Engine:
         self.opt_state = initial_state(entry.update, self.trained, options or {})
         self.autocast = precision == "bf16"
         self.tf32 = tf32
-        self.compiled = compile
         self._seeds: Sequence[int] | None = None
         # A forward_batched model compiles the whole step; a run-by-run one compiles one run's
         # forward pass (its step loops over runs in Python, which dynamo would unroll). A vmapped
