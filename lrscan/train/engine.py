@@ -75,11 +75,17 @@ class StepStats(NamedTuple):
     acc: Tensor  # accuracy on that mini-batch, from the same logits
 
 
+def derive_seed(values: Sequence[int]) -> int:
+    """A 63-bit seed that depends on nothing but ``values`` (non-negative integers), through
+    numpy's SeedSequence: the one way the trainer turns its keys into seeds."""
+    return int(np.random.SeedSequence([int(v) for v in values]).generate_state(2, np.uint64)[0] >> 1)
+
+
 def stack_seed(seeds: Sequence[int]) -> int:
     """One 63-bit seed for the random draws of a vmapped stack of runs, from the runs' own
     per-step seeds (:func:`lrscan.train.loop.step_key`): the same runs at the same step draw
     the same masks, so a resumed stage repeats them."""
-    return int(np.random.SeedSequence([int(s) for s in seeds]).generate_state(2, np.uint64)[0] >> 1)
+    return derive_seed(seeds)
 
 
 def gather(data_x: Tensor, data_y: Tensor, which: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
@@ -165,7 +171,10 @@ class Engine:
         self.buffers: dict[str, Tensor] = {}
         for layer in self.layers:
             p = flat[:, layer.start : layer.stop].reshape(self.n_runs, *layer.shape)
-            (self.buffers if layer.buffer else trained if layer.trainable else self.frozen)[layer.name] = p.clone()
+            if layer.trainable:
+                trained[layer.name] = p  # flatten below copies it into the trained buffer
+            else:
+                (self.buffers if layer.buffer else self.frozen)[layer.name] = p.clone()
         self.channels_last = channels_last
         self.frozen = self._laid_out(self.frozen)
         # The trained tensors live side by side in one (M, P) buffer, ``trained``: the update
@@ -368,10 +377,10 @@ class Engine:
         """
         if self.seeded:
             self.module.eval()
+        if samples is None:
+            samples = eval_samples(x.device) // (VMAP_RUNS if self.vmapped else 1)
         if self.vmapped:
             chunk = min(chunk, VMAP_RUNS)
-            samples = max(1, eval_samples(x.device) // VMAP_RUNS) if samples is None else samples
-        samples = eval_samples(x.device) if samples is None else samples
         if not self.batched:
             chunk = 1  # runs go one by one anyway: no padding of the last chunk
         # As few chunks as ``chunk`` allows, of equal size: 276 runs in chunks of at most 128 go
@@ -459,12 +468,11 @@ class Engine:
         """The runs, as index tensors, in the groups that one pass of ``per_run`` samples each
         takes together: all of them for a ``forward_batched`` model; vmapped, as many as fit
         :data:`EVAL_SAMPLES` images (at most :data:`VMAP_RUNS`, at least one); run by run, one."""
-        if self.batched and not self.vmapped:
-            size = self.n_runs
+        if self.vmapped:
+            size = max(1, min(VMAP_RUNS, EVAL_SAMPLES // max(1, per_run)))
         else:
-            size = max(1, min(VMAP_RUNS, EVAL_SAMPLES // max(1, per_run))) if self.vmapped else 1
-        device = self.trained.device
-        return list(torch.arange(self.n_runs, device=device).split(size))
+            size = self.n_runs if self.batched else 1
+        return list(torch.arange(self.n_runs, device=self.trained.device).split(size))
 
     @_in_scope
     @torch.no_grad()

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lrscan.train.engine import Engine, gather
+from lrscan.train.engine import Engine, derive_seed, gather
 from lrscan.train.flat import to_numpy
 from lrscan.train.plan import Stage
 
@@ -104,14 +104,14 @@ def seed_key(train_seed: int, data_seed: int, stage: str, epoch: int) -> int:
     runs share its batch.
     """
     code = {"pretrain": 0, "finetune": 1, "init": 2}[stage]
-    return int(np.random.SeedSequence([train_seed, data_seed, code, epoch]).generate_state(2, np.uint64)[0] >> 1)
+    return derive_seed([train_seed, data_seed, code, epoch])
 
 
 def step_key(train_seed: int, data_seed: int, stage: str, step: int) -> int:
     """A 63-bit seed for one step's random draws besides the batch order (augmentation,
     dropout); like :func:`seed_key`, it depends on nothing but its arguments."""
     code = {"pretrain": 0, "finetune": 1}[stage]
-    return int(np.random.SeedSequence([train_seed, data_seed, code, step, 1]).generate_state(2, np.uint64)[0] >> 1)
+    return derive_seed([train_seed, data_seed, code, step, 1])
 
 
 def epoch_order(seeds: list[tuple[int, int]], stage: str, epoch: int, n: int, device) -> Tensor:
