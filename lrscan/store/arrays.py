@@ -18,7 +18,7 @@ import os
 
 import numpy as np
 
-from lrscan.store.reading import RUN_DIMS, RUN_FLAGS, _fs, is_local
+from lrscan.store.reading import RUN_DIMS, RUN_FLAGS, _fs, local_root
 
 STAGES = ("pretrain", "swa", "finetune")  # the order they are trained in
 
@@ -37,17 +37,21 @@ def read_flags(path: str | os.PathLike) -> dict[str, dict[str, np.ndarray]]:
 
 def has_array(path: str | os.PathLike, name: str) -> bool:
     """Whether the store at ``path`` has an array (or group) at ``name``."""
+    root = local_root(path)
+    if root is not None:
+        return os.path.isfile(os.path.join(root, name, "zarr.json"))
     fs, root = _fs(path)
-    return os.path.isfile(os.path.join(root, name, "zarr.json")) if is_local(path) else fs.exists(f"{root}/{name}/zarr.json")
+    return fs.exists(f"{root}/{name}/zarr.json")
 
 
 def array_names(path: str | os.PathLike, group: str) -> list[str]:
     """The names of the arrays in a group of the store at ``path``."""
-    if not is_local(path):
+    root = local_root(path)
+    if root is None:
         import zarr
 
         return sorted(zarr.open_group(str(path), path=group, mode="r").array_keys())
-    folder = os.path.join(_fs(path)[1], group)
+    folder = os.path.join(root, group)
     names = []
     for name in sorted(os.listdir(folder)):
         try:
@@ -68,8 +72,9 @@ def open_array(path: str | os.PathLike, name: str):
     """The array at ``name`` of the store at ``path``, to index with ``[...]`` or with the
     position of one run on its leading axes (``a[i, j]``): a :class:`PlainArray` where it
     applies, zarr's array otherwise (a remote store, an encoding it does not know)."""
-    if is_local(path):
-        folder = os.path.join(_fs(path)[1], name)
+    root = local_root(path)
+    if root is not None:
+        folder = os.path.join(root, name)
         with open(os.path.join(folder, "zarr.json"), "rb") as f:
             meta = json.load(f)
         plain = _plain(meta)

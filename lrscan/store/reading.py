@@ -29,10 +29,16 @@ def _fs(store: str | os.PathLike) -> tuple[fsspec.AbstractFileSystem, str]:
     return fsspec.core.url_to_fs(str(store))
 
 
+def local_root(store: str | os.PathLike) -> str | None:
+    """The store's root folder when it lives on the local filesystem, else None."""
+    fs, root = _fs(store)
+    protocol = fs.protocol
+    return root if "file" in (protocol if isinstance(protocol, tuple) else (protocol,)) else None
+
+
 def is_local(store: str | os.PathLike) -> bool:
     """Whether a store lives on the local filesystem (where files can be created exclusively)."""
-    protocol = _fs(store)[0].protocol
-    return "file" in (protocol if isinstance(protocol, tuple) else (protocol,))
+    return local_root(store) is not None
 
 
 # Each run's bookkeeping in its stage's metrics: small arrays chunked one run per chunk, so
