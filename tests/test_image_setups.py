@@ -8,6 +8,7 @@ import torch
 from click.testing import CliRunner
 
 import lrscan
+from lrscan.analyze.evaluate import Evaluator
 from lrscan.analyze.run import analyze
 from lrscan.cli import main
 from lrscan.models import MODELS
@@ -38,7 +39,13 @@ def planted_store(tmp_path_factory):
 
 
 def test_tiny_sweep_recovers_the_planted_band(planted_store):
-    analyze(planted_store, only=["frequency"])
+    seen = []
+    analyze(planted_store, only=["frequency"], blocks=lambda name, done, total: seen.append((done, total)))
+    # Its passes over the solutions (bands, test set, each other boundary) count as one: up to
+    # the total, never back, and the total reached once, at the end.
+    assert len({total for _, total in seen}) == 1 and seen[-1][0] == seen[-1][1]
+    assert [done for done, _ in seen] == sorted(done for done, _ in seen)
+    assert [done for done, total in seen].count(seen[-1][1]) == 1
     tree = lrscan.open(planted_store)
     assert verify(planted_store) == []
     result = tree["analysis/frequency"].to_dataset().load()
@@ -120,6 +127,23 @@ def test_barriers_of_an_image_store_recompute_bn_at_every_point(planted_store):
             error = 100 * float((module.eval()(data.x_test).argmax(1) != data.y_test).float().mean())
         start = float(result.test_error.isel(pair=0, alpha=0, plr=i, seed=0))
         assert abs(start - error) <= 100 / len(data.y_test) + 1e-9  # at most one image apart (float rounding)
+
+
+def test_the_statistics_pass_of_constructed_points_scores_their_train_error(planted_store):
+    """Barriers take the train-mode train error of their points from the pass that recomputes
+    the points' statistics: the same points as construct, the same scores as evaluating them
+    apart (NaN for a diverged end too); a model without BatchNorm has no such pass."""
+    tree = lrscan.open(planted_store)
+    evaluator = Evaluator.of(tree)
+    ends = tree["finetune/weights"]["weights"].isel(seed=0, epoch=-1).stack(row=("plr", "flr"))
+    ends = ends.transpose("row", "param").values
+    points, index = (ends[:-1] + ends[1:]) / 2, np.zeros(len(ends) - 1, dtype=int)
+    built, scored = evaluator.construct_scored(points, index)
+    np.testing.assert_array_equal(built, evaluator.construct(points, index))
+    np.testing.assert_array_equal(scored, evaluator.evaluate(built, index, "train", bn_mode="train")[1])
+    mlp = Evaluator(load_spec(overrides=["device='cpu'"]))
+    flat = mlp.setup.init_weights(0, 0)[None].numpy()
+    assert mlp.construct_scored(flat, np.zeros(1, dtype=int))[1] is None
 
 
 @pytest.mark.parametrize("model, optimiser", [("resnet18", "sgd"), ("vit", "adam")])

@@ -129,6 +129,26 @@ def test_vmapped_statistics_and_train_mode_scores_match_the_run_by_run_ones(mode
         close(a.numpy(), b.numpy())
 
 
+@pytest.mark.parametrize("batched", [True, False])
+def test_the_statistics_pass_scores_the_train_mode_error_of_the_same_batches(batched):
+    """recompute_bn given the labels returns what evaluate_train_mode gives for the recomputed
+    statistics — the same batches in the same order, the incomplete last one left out of the
+    score but not of the statistics — to the bit; without labels it returns nothing."""
+    setup, start, dev, stage, kwargs = stage_of("resnet18si")
+    trained = torch.as_tensor(run_stage(setup.engine(start, batched=True), dev, stage, **kwargs).weights[:, -1])
+    which = torch.tensor([0, 0])
+    x, y = dev.x_train[:, :56], dev.y_train[:, :56]  # 3 batches of 16 and one of 8
+    plain, scoring = (setup.engine(trained, batched=batched) for _ in range(2))
+    assert plain.recompute_bn(x, which, batch_size=16) is None
+    loss, acc = scoring.recompute_bn(x, which, batch_size=16, y=y)
+    torch.testing.assert_close(scoring.flat(), plain.flat(), rtol=0, atol=0)  # the same statistics
+    expected = plain.evaluate_train_mode(x, y, which, 16)
+    torch.testing.assert_close(loss, expected[0], rtol=0, atol=0)
+    torch.testing.assert_close(acc, expected[1], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="exceeds"):
+        scoring.recompute_bn(x, which, batch_size=64, y=y)
+
+
 def test_runs_are_batched_by_default_where_it_pays():
     """A forward_batched model is batched everywhere; a vmapped one on an accelerator, not on a
     CPU (where grouped convolutions are slower than separate ones); channels-last belongs to

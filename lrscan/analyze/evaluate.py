@@ -14,6 +14,7 @@ from typing import Iterator
 import numpy as np
 import torch
 import xarray as xr
+from torch import nn
 
 from lrscan.analyze.progress import block_done  # `lrscan analyze` shows it
 from lrscan.errors import LrscanError
@@ -28,6 +29,12 @@ BN_MODES = ("eval", "train")
 BLOCK_VALUES = 1 << 24
 # Most solutions of a batched model scored together (their activations are per solution).
 MAX_BLOCK = 256
+
+
+def rows_at_once(row_values: int) -> int:
+    """Rows of ``row_values`` float32 values each that the budget (:data:`BLOCK_VALUES`) holds;
+    at least one."""
+    return max(1, BLOCK_VALUES // row_values)
 
 
 def blocks(weights: xr.DataArray, data_index: xr.DataArray, keep: tuple[str, ...] = ("param",),
@@ -56,7 +63,7 @@ def blocks(weights: xr.DataArray, data_index: xr.DataArray, keep: tuple[str, ...
     runs = weights.isel({dim: 0 for dim in keep}, drop=True)
     data = data_index.broadcast_like(runs).transpose(*runs.dims).values.ravel()
     index = np.indices(runs.shape).reshape(runs.ndim, -1)
-    size = max(1, min(MAX_BLOCK, BLOCK_VALUES // (copies * int(np.prod([weights.sizes[d] for d in keep])))))
+    size = min(MAX_BLOCK, rows_at_once(copies * int(np.prod([weights.sizes[d] for d in keep]))))
     for first in range(0, index.shape[1], size):
         block = index[:, first:first + size]
         # Pointwise selection reads only the chunks of this block's solutions.
@@ -107,14 +114,32 @@ class Evaluator:
         statistics on its unaugmented training set (SPEC §5) in batches of the training batch
         size, with the trainer's code (as the trainer's SWA and the study's ``update_bn``).
         """
+        return self._construct(flat, data_index, score=False)[0]
+
+    def construct_scored(self, flat: np.ndarray, data_index: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """:meth:`construct`, and each point's train accuracy with BatchNorm in train mode
+        (``evaluate(points, data_index, "train", bn_mode="train")[1]``) where the statistics
+        pass gives it: the same batches in the same order, so one pass over the training set
+        serves both. ``None`` where it does not (a model without BatchNorm, or with other
+        layers that train mode changes, such as dropout): then score the points apart."""
+        return self._construct(flat, data_index, score=True)
+
+    def _construct(self, flat: np.ndarray, data_index: np.ndarray, score: bool) -> tuple[np.ndarray, np.ndarray | None]:
         flat_t = project(torch.as_tensor(np.asarray(flat), dtype=torch.float32), self.layers, self.radius)
         if not any(layer.buffer for layer in self.layers) or flat_t.shape[0] == 0:
-            return flat_t.numpy()
-        x, _ = self.sets["train"]
+            return flat_t.numpy(), None
+        x, y = self.sets["train"]
         engine = self.setup.engine(flat_t)
-        engine.recompute_bn(x.to(self.setup.device), torch.as_tensor(np.array(data_index)),
-                            batch_size=self.setup.spec.batch_size)
-        return engine.flat().cpu().numpy()
+        score = score and not any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0
+                                  for m in engine.module.modules())
+        device = self.setup.device
+        scores = engine.recompute_bn(x.to(device), torch.as_tensor(np.array(data_index)),
+                                     batch_size=self.setup.spec.batch_size, y=y.to(device) if score else None)
+        points = engine.flat().cpu().numpy()
+        if scores is None:
+            return points, None
+        finite = torch.isfinite(flat_t).all(1)
+        return points, torch.where(finite, scores[1].cpu(), torch.tensor(float("nan"))).numpy()
 
     def evaluate(self, flat: np.ndarray, data_index: np.ndarray,
                  split: str | tuple[torch.Tensor, torch.Tensor] = "test", *, bn_mode: str = "eval",

@@ -476,7 +476,8 @@ class Engine:
 
     @_in_scope
     @torch.no_grad()
-    def recompute_bn(self, x: Tensor, which: Tensor, batch_size: int = EVAL_SAMPLES) -> None:
+    def recompute_bn(self, x: Tensor, which: Tensor, batch_size: int = EVAL_SAMPLES,
+                     y: Tensor | None = None) -> tuple[Tensor, Tensor] | None:
         """Replace every run's BatchNorm statistics by their values over its training set
         ``x[which[m]]`` (D, N, ...), seen in order in batches of ``batch_size`` (train-mode
         forward passes with a cumulative average, as ``torch.optim.swa_utils.update_bn``).
@@ -484,12 +485,23 @@ class Engine:
         and few calls. Vmapped, the runs go through in groups (:meth:`groups`).
 
         Constructed points — SWA averages, points on a path — need this before they are
-        scored (SPEC §5).  A model without BatchNorm is left as it is.
+        scored (SPEC §5).  A model without BatchNorm is left as it is (and ``None`` returned).
+
+        With the labels ``y`` (D, N), the passes also score each run: the mean loss and
+        accuracy over the complete batches, which is :meth:`evaluate_train_mode` of the
+        same batches for a model whose only train-mode layers are BatchNorm (this pass also
+        puts dropout in train mode, as ``update_bn`` does) — one pass over the training set
+        instead of two.
         """
         which = which.to(x.device)
         norms = batch_norms(self.module)
         if not norms or not self.buffers:
-            return
+            return None
+        if y is not None and batch_size > x.shape[1]:
+            raise ValueError(f"batch_size = {batch_size} exceeds the {x.shape[1]} samples")
+        n = (x.shape[1] // batch_size) * batch_size  # the complete batches, which y scores
+        loss = torch.zeros(self.n_runs, dtype=torch.float64, device=x.device)
+        acc = torch.zeros_like(loss)
         momenta = [m.momentum for m in norms]
         self.module.train()
         try:
@@ -507,12 +519,18 @@ class Engine:
                 params = {**{n: p[rows] for n, p in {**self.params, **self.frozen}.items()}, **fresh}
                 sets = which[rows]
                 for start in range(0, x.shape[1], batch_size):
-                    self.logits(params, x[sets, start : start + batch_size])  # updates ``fresh``
+                    batch = slice(start, start + batch_size)
+                    logits = self.logits(params, x[sets, batch])  # updates ``fresh``
+                    if y is not None and start < n:
+                        batch_loss, correct = loss_and_correct(logits, y[sets, batch])
+                        loss[rows] += batch_loss.double().sum(1)
+                        acc[rows] += correct.double().sum(1)
                 for name, b in self.buffers.items():
                     b[rows] = fresh[name]
         finally:
             for m, momentum in zip(norms, momenta):
                 m.momentum = momentum
+        return None if y is None else ((loss / n).float(), (acc / n).float())
 
     # ---- state ---------------------------------------------------------------------------
 
