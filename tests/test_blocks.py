@@ -8,13 +8,14 @@ from lrscan.analyze import evaluate
 from lrscan.analyze.evaluate import Evaluator
 from lrscan.analyze.features import features
 from lrscan.analyze.geometry import barriers
+from lrscan.analyze.progress import block_done, passes, reporting
 
 
 def test_barriers_and_features_are_the_same_in_blocks_of_one(trained_small, monkeypatch):
     tree = lrscan.open(trained_small)
     whole = barriers(tree), features(tree)
     n_params = int(tree["layers"]["stop"].values.max())
-    # One solution per block (for barriers: one path of n_points points).
+    # One solution per block (for barriers: one path, and one point of it at a time).
     monkeypatch.setattr(evaluate, "BLOCK_VALUES", n_params)
     blocked = barriers(tree), features(tree)
     for a, b in zip(whole, blocked):
@@ -46,3 +47,17 @@ def test_the_data_are_loaded_once_for_every_analyzer(trained_small, monkeypatch)
     monkeypatch.setattr(evaluate.Evaluator, "__init__", counting)
     barriers(tree), features(tree)
     assert len(built) == 1
+
+
+def test_passes_over_the_same_solutions_count_once_from_start_to_end():
+    seen = []
+    with reporting(lambda done, total: seen.append((done, total))):
+        block_done(1, 2)  # outside declared passes: as reported
+        with passes(3):
+            for _ in range(3):
+                block_done(2, 4)
+                block_done(4, 4)
+    assert seen == [(1, 2), (2, 12), (4, 12), (6, 12), (8, 12), (10, 12), (12, 12)]
+    with passes(2):  # nobody listening: nothing to count
+        block_done(1, 1)
+

@@ -14,7 +14,7 @@ import numpy as np
 import xarray as xr
 
 from lrscan.analyze import analyzer
-from lrscan.analyze.evaluate import BN_MODES, Evaluator, blocks
+from lrscan.analyze.evaluate import BN_MODES, Evaluator, blocks, rows_at_once
 from lrscan.analyze.solutions import default_pairs, resolve, si_slices, solution_weights
 from lrscan.errors import LrscanError
 from lrscan.registry import closest
@@ -175,19 +175,30 @@ def barriers(tree: xr.DataTree, pairs=None, swa_k: int = 5, n_points: int | None
                      dim="end").transpose("plr", "seed", "pair", "end", "param")
     alpha = np.linspace(0, 1, n_points)
     # float32 like the stored weights: the projection and the model work in float32 anyway.
-    step = alpha.astype(np.float32)[None, :, None]
+    step = alpha.astype(np.float32)[:, None]
     evaluator = Evaluator.of(tree)
     paths = ends.isel(end=0, param=0, drop=True)
     accuracy = {split: np.empty((paths.size, n_points), dtype=np.float32) for split in ("train", "test")}
-    # Block by block of paths (at least one), each path's points built, made valid and scored,
-    # so that memory does not grow with the number of paths.
-    for rows, pair_ends, data in blocks(ends, evaluator.data_index(tree), keep=("end", "param"), copies=n_points):
-        a, b = pair_ends[:, :1], pair_ends[:, 1:]  # (n, 1, P) each
-        points = ((1 - step) * a + step * b).reshape(-1, a.shape[-1])
-        index = np.repeat(data, n_points)
-        points = evaluator.construct(points, index)
-        for split, mode in (("train", bn_mode), ("test", "eval")):
-            accuracy[split][rows] = evaluator.evaluate(points, index, split, bn_mode=mode)[1].reshape(-1, n_points)
+    # Block by block of paths (at least one), and their points a budget's worth at a time (a
+    # path of a large model is many budgets), each point built, made valid and scored: memory
+    # grows neither with the number of paths nor with their points.
+    for rows, pair_ends, data in blocks(ends, evaluator.data_index(tree), keep=("end", "param")):
+        at_once, total = rows_at_once(pair_ends.shape[-1]), len(pair_ends) * n_points
+        for first in range(0, total, at_once):
+            which = np.arange(first, min(first + at_once, total))
+            path, where = np.divmod(which, n_points)
+            points = (1 - step[where]) * pair_ends[path, 0] + step[where] * pair_ends[path, 1]
+            index = data[path]
+            # The statistics pass scores the train-mode train error too, where it can: one pass less.
+            if bn_mode == "train":
+                points, train = evaluator.construct_scored(points, index)
+            else:
+                points, train = evaluator.construct(points, index), None
+            if train is None:
+                train = evaluator.evaluate(points, index, "train", bn_mode=bn_mode)[1]
+            test = evaluator.evaluate(points, index, "test")[1]
+            for split, acc in (("train", train), ("test", test)):
+                accuracy[split][rows.start + path, where] = acc
     out = xr.Dataset(coords={**paths.coords, **_pair_coords(ends_a, ends_b), "alpha": alpha})
     for split, mode in (("train", bn_mode), ("test", "eval")):
         error = 100 * (1 - accuracy[split].astype(np.float64))
