@@ -18,6 +18,7 @@ import xarray as xr
 
 from lrscan.analyze import analyzer
 from lrscan.analyze.evaluate import Evaluator, blocks
+from lrscan.analyze.progress import passes
 from lrscan.analyze.solutions import label, require_complete, resolve, solution_weights
 from lrscan.data import to_pixels
 from lrscan.data.frequency import BAND_NAMES, LOW_MID, NORMALISE, band_edges, band_filter, band_inputs
@@ -105,12 +106,14 @@ def frequency(tree: xr.DataTree, low_mid_sweep: Sequence[int] = SWEEP, swa_k: in
 
     dims = (*runs.dims, "band")
     out = xr.Dataset(coords={**runs.coords, "band": np.array(BAND_NAMES, dtype=object)})
-    band_acc = band_accuracy(edges)
-    out["band_acc"] = xr.DataArray(band_acc, dims=dims)
-    out["test_acc"] = xr.DataArray(accuracy("test", None), dims=runs.dims)
-    if sweep:
+    # Passes over the solutions: the study's bands, the unfiltered test set, each other boundary.
+    with passes(2 + sum(e != edges for e in sweep)):
+        band_acc = band_accuracy(edges)
+        out["band_acc"] = xr.DataArray(band_acc, dims=dims)
+        out["test_acc"] = xr.DataArray(accuracy("test", None), dims=runs.dims)
         # Moving the low/mid boundary changes only those two bands; the study's own is already scored.
         low_mid = [band_acc[..., 1:3] if e == edges else band_accuracy(e, slice(1, 3)) for e in sweep]
+    if sweep:
         out["sweep_acc"] = xr.DataArray(np.stack(low_mid, -2), dims=(*runs.dims, "low_mid", "sweep_band"),
                                         coords={"low_mid": list(low_mid_sweep),
                                                 "sweep_band": np.array(["low", "mid"], dtype=object)})

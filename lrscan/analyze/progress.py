@@ -1,7 +1,9 @@
 """Progress of the analyzer running now: how many of its solutions it has worked through.
 
 :func:`lrscan.analyze.run.analyze` sets who hears it (:func:`reporting`); the evaluation
-blocks (:func:`lrscan.analyze.evaluate.blocks`) report to them (:func:`block_done`).
+blocks (:func:`lrscan.analyze.evaluate.blocks`) report to them (:func:`block_done`). An
+analyzer that goes through the same solutions several times declares its passes
+(:func:`passes`), so that the count runs once from start to end rather than once per pass.
 """
 
 from __future__ import annotations
@@ -28,3 +30,26 @@ def block_done(done: int, total: int) -> None:
     report = _REPORT.get()
     if report is not None:
         report(done, total)
+
+
+@contextlib.contextmanager
+def passes(n: int) -> Iterator[None]:
+    """Report the blocks of the ``n`` passes over the same solutions made inside the block as
+    one count: pass k's ``done`` of ``total`` as ``k * total + done`` of ``n * total``."""
+    report = _REPORT.get()
+    if report is None:
+        yield
+        return
+    finished = 0
+
+    def counted(done: int, total: int) -> None:
+        nonlocal finished
+        report(min(finished, n - 1) * total + done, n * total)
+        if done == total:
+            finished += 1
+
+    token = _REPORT.set(counted)
+    try:
+        yield
+    finally:
+        _REPORT.reset(token)
