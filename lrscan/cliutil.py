@@ -15,6 +15,7 @@ from pathlib import Path
 
 import click
 
+from lrscan.analyze.progress import current_pass
 from lrscan.errors import LrscanError
 
 DEFAULT_STORE_DIR = Path("store")
@@ -164,6 +165,17 @@ class ProgressDisplay:
                   f"{elapsed:.0f} s{eta}", file=self.stream, flush=True)
 
 
+def _count(done: int, total: int) -> str:
+    """``done`` of ``total`` solutions, or, in one of several passes over them
+    (:func:`lrscan.analyze.progress.passes`), which pass and how far into it."""
+    where = current_pass()
+    if where is None:
+        return f"{done:,} of {total:,} solutions"
+    k, n = where
+    per = total // n
+    return f"pass {k} of {n}: {done - (k - 1) * per:,} of {per:,} solutions"
+
+
 class AnalyzerDisplay:
     """Each analyzer's start and finish with its time, and its progress through blocks of
     solutions: one line rewritten in place on a terminal; otherwise plain lines, the first block
@@ -189,7 +201,7 @@ class AnalyzerDisplay:
         now = time.perf_counter()
         if self.tty or now - self.last >= self.every:
             self.last = now
-            self._line(f"{name:12s} {done:,} of {total:,} solutions", final=not self.tty)
+            self._line(f"{name:12s} {_count(done, total)}", final=not self.tty)
 
     def _line(self, text: str, *, final: bool) -> None:
         if self.tty:

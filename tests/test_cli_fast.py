@@ -208,6 +208,24 @@ def test_the_analyzer_display_rewrites_one_line_on_a_terminal_and_prints_plain_l
                                              "angles       up to date"]
 
 
+def test_the_analyzer_display_says_which_pass_of_an_analyzer_that_makes_several():
+    from lrscan.analyze.progress import block_done, passes, reporting
+
+    plain = io.StringIO()
+    shown = AnalyzerDisplay(every=0.0, stream=plain)
+    with reporting(lambda done, total: shown.blocks("frequency", done, total)):
+        with passes(3):
+            for _ in range(3):
+                block_done(12, 24)
+                block_done(24, 24)
+        block_done(5, 10)
+    assert plain.getvalue().splitlines() == [
+        "frequency    pass 1 of 3: 12 of 24 solutions", "frequency    pass 1 of 3: 24 of 24 solutions",
+        "frequency    pass 2 of 3: 12 of 24 solutions", "frequency    pass 2 of 3: 24 of 24 solutions",
+        "frequency    pass 3 of 3: 12 of 24 solutions", "frequency    pass 3 of 3: 24 of 24 solutions",
+        "frequency    5 of 10 solutions"]
+
+
 TINY = [o for o in SMALL if not o.startswith(("pretrain_epochs", "finetune", "swa", "checkpoint"))] + [
     "pretrain_epochs=30", "log_every=1"]
 

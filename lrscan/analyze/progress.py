@@ -35,7 +35,8 @@ def block_done(done: int, total: int) -> None:
 @contextlib.contextmanager
 def passes(n: int) -> Iterator[None]:
     """Report the blocks of the ``n`` passes over the same solutions made inside the block as
-    one count: pass k's ``done`` of ``total`` as ``k * total + done`` of ``n * total``."""
+    one count: pass k's ``done`` of ``total`` as ``k * total + done`` of ``n * total`` (k from
+    0). While a pass runs, :func:`current_pass` says which it is."""
     report = _REPORT.get()
     if report is None:
         yield
@@ -44,7 +45,12 @@ def passes(n: int) -> Iterator[None]:
 
     def counted(done: int, total: int) -> None:
         nonlocal finished
-        report(min(finished, n - 1) * total + done, n * total)
+        k = min(finished, n - 1)
+        token = _PASS.set((k + 1, n))
+        try:
+            report(k * total + done, n * total)
+        finally:
+            _PASS.reset(token)
         if done == total:
             finished += 1
 
@@ -53,3 +59,12 @@ def passes(n: int) -> Iterator[None]:
         yield
     finally:
         _REPORT.reset(token)
+
+
+_PASS: contextvars.ContextVar[tuple[int, int] | None] = contextvars.ContextVar("pass", default=None)
+
+
+def current_pass() -> tuple[int, int] | None:
+    """(k, n): the report being made is of pass k of n over the same solutions (k from 1), or
+    ``None`` outside :func:`passes`. A display uses it to say so."""
+    return _PASS.get()
