@@ -13,6 +13,7 @@ import contextvars
 from typing import Callable, Iterator
 
 _REPORT: contextvars.ContextVar[Callable[[int, int], None] | None] = contextvars.ContextVar("blocks", default=None)
+_PASS: contextvars.ContextVar[tuple[int, int] | None] = contextvars.ContextVar("pass", default=None)
 
 
 @contextlib.contextmanager
@@ -59,9 +60,6 @@ def passes(n: int) -> Iterator[None]:
         yield
     finally:
         _REPORT.reset(token)
-
-
-_PASS: contextvars.ContextVar[tuple[int, int] | None] = contextvars.ContextVar("pass", default=None)
 
 
 def current_pass() -> tuple[int, int] | None:
