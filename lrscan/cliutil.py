@@ -15,7 +15,6 @@ from pathlib import Path
 
 import click
 
-from lrscan.analyze.progress import current_pass
 from lrscan.errors import LrscanError
 
 DEFAULT_STORE_DIR = Path("store")
@@ -168,6 +167,9 @@ class ProgressDisplay:
 def _count(done: int, total: int) -> str:
     """``done`` of ``total`` solutions, or, in one of several passes over them
     (:func:`lrscan.analyze.progress.passes`), which pass and how far into it."""
+    # Here, not at the top: the commands that only list analyzers import none of lrscan.analyze.
+    from lrscan.analyze.progress import current_pass
+
     where = current_pass()
     if where is None:
         return f"{done:,} of {total:,} solutions"
