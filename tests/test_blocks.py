@@ -60,4 +60,3 @@ def test_passes_over_the_same_solutions_count_once_from_start_to_end():
     assert seen == [(1, 2), (2, 12), (4, 12), (6, 12), (8, 12), (10, 12), (12, 12)]
     with passes(2):  # nobody listening: nothing to count
         block_done(1, 1)
-

@@ -499,7 +499,7 @@ class Engine:
             return None
         if y is not None and batch_size > x.shape[1]:
             raise ValueError(f"batch_size = {batch_size} exceeds the {x.shape[1]} samples")
-        n = (x.shape[1] // batch_size) * batch_size  # the complete batches, which y scores
+        n_scored = (x.shape[1] // batch_size) * batch_size  # the complete batches, which y scores
         loss = torch.zeros(self.n_runs, dtype=torch.float64, device=x.device)
         acc = torch.zeros_like(loss)
         momenta = [m.momentum for m in norms]
@@ -521,7 +521,7 @@ class Engine:
                 for start in range(0, x.shape[1], batch_size):
                     batch = slice(start, start + batch_size)
                     logits = self.logits(params, x[sets, batch])  # updates ``fresh``
-                    if y is not None and start < n:
+                    if y is not None and start < n_scored:
                         batch_loss, correct = loss_and_correct(logits, y[sets, batch])
                         loss[rows] += batch_loss.double().sum(1)
                         acc[rows] += correct.double().sum(1)
@@ -530,7 +530,7 @@ class Engine:
         finally:
             for m, momentum in zip(norms, momenta):
                 m.momentum = momentum
-        return None if y is None else ((loss / n).float(), (acc / n).float())
+        return None if y is None else ((loss / n_scored).float(), (acc / n_scored).float())
 
     # ---- state ---------------------------------------------------------------------------
 
